@@ -1,0 +1,23 @@
+.PHONY: bootstrap test lint demo bench clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+bootstrap:
+	sh scripts/bootstrap.sh
+
+lint: bootstrap
+	$(VENV)/bin/ruff check src tests bench
+
+test: bootstrap lint
+	$(PY) -m pytest -q
+
+demo: bootstrap
+	$(PY) -m pyipsec.demo
+
+bench: bootstrap
+	$(PY) bench/esp_bench.py
+	$(PY) bench/spd_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

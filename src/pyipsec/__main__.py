@@ -1,0 +1,3 @@
+from pyipsec.cli.main import main
+
+main()
