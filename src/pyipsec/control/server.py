@@ -30,6 +30,7 @@ class ControlServer:
         self.handlers = dict(handlers)
         self._server: asyncio.base_events.Server | None = None
         self._watchers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.errors = 0
 
@@ -52,8 +53,11 @@ class ControlServer:
             queue.put_nowait(None)
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=2)
+            for task in self._connections:
+                task.cancel()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -64,6 +68,10 @@ class ControlServer:
                 queue.put_nowait(event)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         try:
             while True:
                 try:
