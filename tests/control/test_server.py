@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import stat
@@ -12,23 +11,14 @@ from typing import Any
 
 import pytest
 
+from controlthread import ServerThread
 from pyipsec.control.client import ControlClient
 from pyipsec.control.protocol import ControlError
-from pyipsec.control.server import ControlServer
 from pyipsec.errors import ConfigError
 
 
-class Running:
-    def __init__(self, server: ControlServer, loop: asyncio.AbstractEventLoop) -> None:
-        self.server = server
-        self.loop = loop
-
-    def publish(self, event: dict[str, Any]) -> None:
-        self.loop.call_soon_threadsafe(self.server.publish, event)
-
-
 @pytest.fixture
-def running(tmp_path) -> Iterator[Running]:
+def running(tmp_path) -> Iterator[ServerThread]:
     async def status(args: dict[str, Any]) -> Any:
         return {"ike_sas": 1, "echo": args}
 
@@ -39,40 +29,22 @@ def running(tmp_path) -> Iterator[Running]:
         raise RuntimeError("secret-key-material")
 
     path = str(tmp_path / "run" / "control.sock")
-    server = ControlServer(path, {"status": status, "bad": bad, "crash": crash})
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(server.close())
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(5)
-    try:
-        yield Running(server, loop)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
+    with ServerThread(path, {"status": status, "bad": bad, "crash": crash}) as thread:
+        yield thread
 
 
-def test_call_returns_result(running: Running) -> None:
+def test_call_returns_result(running: ServerThread) -> None:
     client = ControlClient(running.server.path)
     assert client.call("status", verbose=True) == {"ike_sas": 1, "echo": {"verbose": True}}
 
 
-def test_socket_is_private(running: Running) -> None:
+def test_socket_is_private(running: ServerThread) -> None:
     mode = os.stat(running.server.path).st_mode
     assert stat.S_IMODE(mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(running.server.path)).st_mode) == 0o700
 
 
-def test_typed_errors_cross_the_socket(running: Running) -> None:
+def test_typed_errors_cross_the_socket(running: ServerThread) -> None:
     client = ControlClient(running.server.path)
     with pytest.raises(ControlError) as info:
         client.call("bad")
@@ -82,7 +54,7 @@ def test_typed_errors_cross_the_socket(running: Running) -> None:
         client.call("nope")
 
 
-def test_handler_crash_is_contained_and_hides_details(running: Running) -> None:
+def test_handler_crash_is_contained_and_hides_details(running: ServerThread) -> None:
     client = ControlClient(running.server.path)
     with pytest.raises(ControlError) as info:
         client.call("crash")
@@ -92,7 +64,7 @@ def test_handler_crash_is_contained_and_hides_details(running: Running) -> None:
     assert running.server.errors == 1
 
 
-def test_malformed_request_gets_error_response(running: Running) -> None:
+def test_malformed_request_gets_error_response(running: ServerThread) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(running.server.path)
     sock.sendall(b"this is not json\n[1,2]\n")
@@ -104,7 +76,7 @@ def test_malformed_request_gets_error_response(running: Running) -> None:
     assert all(b'"ok":false' in line for line in lines)
 
 
-def test_watch_streams_events(running: Running) -> None:
+def test_watch_streams_events(running: ServerThread) -> None:
     client = ControlClient(running.server.path, timeout=5)
     events = client.events()
     received: list[dict[str, Any]] = []

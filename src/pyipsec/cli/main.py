@@ -17,6 +17,7 @@ from pyipsec.errors import PyipsecError
 # module name -> attribute holding a click command or group
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("pyipsec.cli.dataplane", "commands"),
+    ("pyipsec.cli.monitor", "commands"),
 ]
 
 
