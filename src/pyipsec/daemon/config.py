@@ -1,0 +1,377 @@
+"""The daemon's configuration file (YAML), compiled into IKE endpoint configuration.
+
+This is the low-level layer: connections the way strongSwan's swanctl.conf describes
+them. The policy layer (filter lists, filter actions, rules) compiles into it.
+
+.. code-block:: yaml
+
+    secrets: /etc/pyipsec/secrets.yaml      # 0600: psk: {web-db: "..."}
+    control_socket: /run/pyipsec/control.sock
+    connections:
+      web-db:
+        local_addrs: [10.1.0.1]
+        remote_addrs: [10.1.0.2]
+        proposals: [aes128gcm16-prfsha256-x25519]
+        local: {auth: psk, id: 10.1.0.1}
+        remote: {auth: psk, id: 10.1.0.2}
+        rekey_time: 4h
+        dpd_delay: 30s
+        children:
+          db:
+            local_ts: [dynamic]
+            remote_ts: [dynamic]
+            mode: transport
+            esp_proposals: [aes128gcm16-esn]
+            rekey_time: 1h
+            start_action: trap
+
+Every error names the file, the line and the key; nothing is returned half-built. Secrets
+live in a separate file that must not be readable by group or others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyipsec.errors import ConfigError
+from pyipsec.ike.config import AuthConfig, ChildConfig, EndpointConfig, Identity, PeerConfig
+from pyipsec.util.configfile import Section, load_yaml_file, load_yaml_text
+
+DEFAULT_CONFIG = "/etc/pyipsec/pyipsec.yaml"
+DEFAULT_CONTROL_SOCKET = "/run/pyipsec/control.sock"
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*([smhd]?)\s*)+$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90"``, ``"90s"``, ``"15m"``, ``"4h"``, ``"1h30m"``, ``"1d"`` -> seconds."""
+    if not _DURATION.match(text):
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 15m, 4h, 1h30m)")
+    return sum(
+        float(number) * _UNITS[unit]
+        for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    )
+
+
+def parse_size(text: str) -> int:
+    """``"1000"``, ``"100k"``, ``"50M"``, ``"2G"`` -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[bB]?\s*", text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (examples: 100k, 50M, 2G)")
+    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()]
+    return int(match.group(1)) * factor
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """What the daemon needs beyond the IKE configuration, per connection."""
+
+    name: str
+    local_addrs: tuple[str, ...]
+    remote_addrs: tuple[str, ...]
+    encap: bool = False  #: force ESP-in-UDP (NAT-T) even without NAT
+    start_actions: dict[str, str] = field(default_factory=dict)  #: child name -> action
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The whole daemon configuration, validated."""
+
+    endpoint: EndpointConfig
+    connections: dict[str, ConnectionInfo]
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    tun_name: str = "pyipsec0"
+    log_level: str = "info"
+    source: str = "<string>"
+
+    def peer(self, name: str) -> PeerConfig:
+        peer = self.endpoint.peer(name)
+        if peer is None:
+            raise ConfigError(f"no connection named {name!r}")
+        return peer
+
+
+def _duration(section: Section, key: str, default: float | None) -> Any:
+    if key not in section:
+        return default
+    value = section.value(key)
+    raw = value.raw()
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if raw < 0:
+            raise value.error("must not be negative")
+        return float(raw)
+    return section.get_converted(key, parse_duration)
+
+
+def _size(section: Section, key: str, default: int) -> int:
+    if key not in section:
+        return default
+    raw = section.value(key).raw()
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return section.get_int(key, minimum=0)
+    return section.get_converted(key, parse_size)
+
+
+# dataclass field names (in ConfigError.key) -> the YAML keys an administrator wrote
+_FIELD_TO_KEY = {
+    "ike_proposals": "proposals",
+    "local_auth": "local",
+    "remote_auth": "remote",
+    "local_id": "local",
+    "remote_id": "remote",
+    "local_addr": "local_addrs",
+}
+
+
+def _located(section: Section, key: str | None, exc: ConfigError) -> ConfigError:
+    """Re-locate a ConfigError raised by a dataclass validator at ``section``."""
+    inner = exc.key.split(".")[1] if exc.key and "." in exc.key else exc.key
+    inner = _FIELD_TO_KEY.get(inner or "", inner)
+    if inner is not None and inner in section:
+        return section.error(exc.reason, inner)
+    return section.error(exc.reason, key)
+
+
+def _read_secrets(path: str, *, config_file: str) -> dict[str, bytes]:
+    """Read ``psk: {connection: secret}`` from a 0600 file."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read secrets file: {exc.strerror}", file=path) from None
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise ConfigError(
+            "secrets file must not be readable by group or others (chmod 600)", file=path
+        )
+    doc = load_yaml_file(path)
+    doc.check_keys(["psk"])
+    secrets: dict[str, bytes] = {}
+    psk = doc.section("psk")
+    for name in psk.keys():
+        value = psk.value(name)
+        text = value.as_str()
+        if text.startswith("0x"):
+            try:
+                secrets[name] = bytes.fromhex(text[2:])
+            except ValueError:
+                raise value.error("hex secret is not valid hex") from None
+        else:
+            secrets[name] = text.encode()
+        if len(secrets[name]) < 8:
+            raise value.error("pre-shared key too short (8 bytes at least)")
+    return secrets
+
+
+def _load_pem_objects(section: Section, key: str, kind: str) -> tuple[Any, ...]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    objects: list[Any] = []
+    top = section.value(key)
+    for value in top.as_list() if isinstance(top.raw(), list) else [top]:
+        path = value.as_str()
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise value.error(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            if kind == "key":
+                objects.append(serialization.load_pem_private_key(data, password=None))
+            else:
+                objects.extend(x509.load_pem_x509_certificates(data))
+        except (ValueError, TypeError) as exc:
+            raise value.error(f"{path} holds no valid PEM {kind}: {exc}") from None
+    return tuple(objects)
+
+
+def _auth(side: Section, *, local: bool, psk: bytes | None, conn: str) -> AuthConfig:
+    side.check_keys(["auth", "id", "cert", "certs", "key", "cacerts", "send_cert"])
+    method = side.get_choice("auth", ("psk", "pubkey"), "psk")
+    if method == "psk":
+        if psk is None:
+            raise side.error(f"no pre-shared key for {conn!r} in the secrets file", "auth")
+        return AuthConfig(method="psk", psk=psk)
+    if local:
+        if "key" not in side or ("cert" not in side and "certs" not in side):
+            raise side.error("pubkey authentication needs 'key' and 'cert'", "auth")
+        key = _load_pem_objects(side, "key", "key")[0]
+        chain = _load_pem_objects(side, "cert" if "cert" in side else "certs", "certificate")
+        cas = _load_pem_objects(side, "cacerts", "certificate") if "cacerts" in side else ()
+        return AuthConfig(
+            method="pubkey",
+            private_key=key,
+            cert_chain=chain,
+            trusted_cas=cas,
+            send_cert=side.get_bool("send_cert", True),
+        )
+    if "cacerts" not in side:
+        raise side.error("pubkey authentication of the peer needs 'cacerts'", "auth")
+    return AuthConfig(
+        method="pubkey", trusted_cas=_load_pem_objects(side, "cacerts", "certificate")
+    )
+
+
+_CHILD_KEYS = [
+    "local_ts",
+    "remote_ts",
+    "mode",
+    "esp_proposals",
+    "ah_proposals",
+    "rekey_time",
+    "rekey_bytes",
+    "rekey_packets",
+    "life_time",
+    "jitter",
+    "pfs_group",
+    "start_action",
+]
+_CONN_KEYS = [
+    "local_addrs",
+    "remote_addrs",
+    "remote_port",
+    "proposals",
+    "local",
+    "remote",
+    "rekey_time",
+    "over_time",
+    "jitter",
+    "dpd_delay",
+    "retransmit_tries",
+    "retransmit_timeout",
+    "retransmit_base",
+    "fragment_size",
+    "encap",
+    "children",
+]
+
+
+def _child(name: str, section: Section) -> ChildConfig:
+    section.check_keys(_CHILD_KEYS)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "local_ts": tuple(section.get_str_list("local_ts", ["dynamic"])),
+        "remote_ts": tuple(section.get_str_list("remote_ts", ["dynamic"])),
+        "mode": section.get_choice("mode", ("transport", "tunnel"), "transport"),
+        "rekey_time": _duration(section, "rekey_time", 3600.0),
+        "rekey_bytes": _size(section, "rekey_bytes", 0),
+        "rekey_packets": section.get_int("rekey_packets", 0, minimum=0),
+        "life_time": _duration(section, "life_time", None),
+        "jitter": _duration(section, "jitter", 0.0),
+        "start_action": section.get_choice("start_action", ("none", "start", "trap"), "trap"),
+    }
+    if "ah_proposals" in section:
+        kwargs["ah_proposals"] = tuple(section.get_str_list("ah_proposals"))
+        kwargs["esp_proposals"] = ()
+    if "esp_proposals" in section:
+        kwargs["esp_proposals"] = tuple(section.get_str_list("esp_proposals"))
+    if "pfs_group" in section:
+        kwargs["pfs_group"] = section.get_str("pfs_group")
+    try:
+        return ChildConfig(**kwargs)
+    except ConfigError as exc:
+        raise _located(section, None, exc) from None
+
+
+def _connection(
+    name: str, section: Section, secrets: dict[str, bytes]
+) -> tuple[PeerConfig, ConnectionInfo]:
+    section.check_keys(_CONN_KEYS)
+    local_addrs = tuple(section.get_str_list("local_addrs", []))
+    remote_addrs = tuple(section.get_str_list("remote_addrs", ["%any"]))
+    if len(local_addrs) > 1:
+        raise section.error("one local address per connection", "local_addrs")
+    local = section.section("local")
+    remote = section.section("remote")
+    children_section = section.section("children")
+    children = tuple(_child(child, cs) for child, cs in children_section.items())
+    for side, key in ((local, "local"), (remote, "remote")):
+        if "id" in side:
+            side.get_converted("id", lambda text, k=key: Identity.parse(text, key=f"{k}.id"))
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "remote_addrs": remote_addrs,
+        "local_addr": local_addrs[0] if local_addrs else None,
+        "remote_port": section.get_int("remote_port", 500, minimum=1, maximum=65535),
+        "ike_proposals": tuple(section.get_str_list("proposals", ["aes128gcm16-prfsha256-x25519"])),
+        "local_auth": _auth(local, local=True, psk=secrets.get(name), conn=name),
+        "remote_auth": _auth(remote, local=False, psk=secrets.get(name), conn=name),
+        "local_id": local.get_str("id", None),
+        "remote_id": remote.get_str("id", None),
+        "rekey_time": _duration(section, "rekey_time", 14400.0),
+        "over_time": _duration(section, "over_time", None),
+        "jitter": _duration(section, "jitter", 0.0),
+        "dpd_delay": _duration(section, "dpd_delay", 30.0),
+        "retransmit_tries": section.get_int("retransmit_tries", 5, minimum=1, maximum=20),
+        "retransmit_timeout": _duration(section, "retransmit_timeout", 4.0),
+        "retransmit_base": float(section.get_converted("retransmit_base", float, 1.8)),
+        "fragment_size": section.get_int("fragment_size", 1280, minimum=0, maximum=65535),
+        "children": children,
+    }
+    try:
+        peer = PeerConfig(**kwargs)
+    except ConfigError as exc:
+        raise _located(section, None, exc) from None
+    info = ConnectionInfo(
+        name=name,
+        local_addrs=local_addrs,
+        remote_addrs=remote_addrs,
+        encap=section.get_bool("encap", False),
+        start_actions={child.name: child.start_action for child in children},
+    )
+    return peer, info
+
+
+def parse_config(doc: Section, *, source: str, base_dir: str = ".") -> DaemonConfig:
+    """Validate a parsed document and build the daemon configuration."""
+    doc.check_keys(["secrets", "control_socket", "tun", "log_level", "ike", "connections"])
+    secrets: dict[str, bytes] = {}
+    if "secrets" in doc:
+        path = doc.get_str("secrets")
+        if not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        secrets = _read_secrets(path, config_file=source)
+    ike = doc.section("ike")
+    ike.check_keys(["port", "cookie_threshold", "half_open_timeout"])
+    connections = doc.section("connections")
+    if not connections.keys():
+        raise doc.error("at least one connection is needed", "connections")
+    peers: list[PeerConfig] = []
+    infos: dict[str, ConnectionInfo] = {}
+    for name, section in connections.items():
+        peer, info = _connection(name, section, secrets)
+        peers.append(peer)
+        infos[name] = info
+    local_addrs = {info.local_addrs[0] for info in infos.values() if info.local_addrs}
+    try:
+        endpoint = EndpointConfig(
+            peers=tuple(peers),
+            local_addr=next(iter(local_addrs)) if len(local_addrs) == 1 else "0.0.0.0",
+            port=ike.get_int("port", 500, minimum=1, maximum=65535),
+            cookie_threshold=ike.get_int("cookie_threshold", 10, minimum=0),
+            half_open_timeout=_duration(ike, "half_open_timeout", 30.0),
+        )
+    except ConfigError as exc:
+        raise _located(ike, None, exc) from None
+    return DaemonConfig(
+        endpoint=endpoint,
+        connections=infos,
+        control_socket=doc.get_str("control_socket", DEFAULT_CONTROL_SOCKET),
+        tun_name=doc.get_str("tun", "pyipsec0"),
+        log_level=doc.get_choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        source=source,
+    )
+
+
+def load_config(path: str) -> DaemonConfig:
+    """Load and validate the configuration file at ``path``."""
+    doc = load_yaml_file(path)
+    return parse_config(doc, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def load_config_text(text: str, *, file: str = "<string>", base_dir: str = ".") -> DaemonConfig:
+    return parse_config(load_yaml_text(text, file=file), source=file, base_dir=base_dir)
