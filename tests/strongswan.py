@@ -1,0 +1,723 @@
+"""A harness that runs real strongSwan charons inside network namespaces.
+
+strongSwan is the peer nobody here wrote: the interop tests (issue 6) and the tunnel
+benchmark (bench/tunnel_bench.py) use it as the reference. This module knows how to make
+several charons coexist on one machine (facts in DESIGN.md, "Real components"):
+
+* charon's pid file is fixed at /var/run/charon.pid, so each charon runs in its own mount
+  namespace with a private directory bind-mounted over /run
+  (``ip netns exec NS unshare --mount --propagation private sh -c 'mount --bind DIR /run
+  && exec charon'``); since ``unshare`` and ``sh`` exec, the pid we hold is charon's own.
+* plugins are listed explicitly (``load_modular = no``), kernel-libipsec before
+  kernel-netlink, because the kernels here have no XFRM ESP: strongSwan's user-space data
+  plane (a TUN device, tunnel mode and ESP-in-UDP only) carries the traffic.
+* ``socket-default.fwmark = 0x42`` and ``kernel-netlink.fwmark = !0x42``, so charon's own
+  IKE/ESP packets are never routed into its TUN; ``allow_peer_ts = yes`` for host-to-host.
+* every charon has its own vici socket in its directory; ``swanctl --uri`` loads config,
+  and a small vici client of our own (below) lists SAs as dictionaries.
+
+Public API::
+
+    with NetnsPair("pyi-s1", "pyi-s2", ...) as net:          # two namespaces + a veth
+        conn = Connection(name="t", local_addrs=[...], remote_addrs=[...], ...)
+        with Charon("pyi-s1", [conn], psks=[...]) as charon:  # config, start, load
+            charon.initiate("t-child"); charon.wait_established("t-child")
+            charon.list_sas(); charon.log_text(); charon.terminate(ike="t")
+
+Everything is cleaned up (processes by pid, namespaces, temp dirs) on exit, even on
+failure; :func:`cleanup_all` is also registered with atexit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHARON = "/usr/lib/ipsec/charon"
+SWANCTL = "swanctl"
+
+#: Plugins charon loads (order matters: kernel-libipsec before kernel-netlink).
+PLUGINS = (
+    "random nonce openssl aes sha1 sha2 hmac gcm chapoly curve25519 kdf pem pkcs1 pkcs8 "
+    "x509 pubkey revocation constraints kernel-libipsec kernel-netlink socket-default "
+    "vici updown"
+)
+
+SOCKET_FWMARK = "0x42"
+
+_CLEANUPS: list = []
+
+
+def _register_cleanup(obj) -> None:
+    _CLEANUPS.append(obj)
+
+
+def cleanup_all() -> None:
+    """Stop every charon and remove every namespace this module created (atexit)."""
+    while _CLEANUPS:
+        obj = _CLEANUPS.pop()
+        try:
+            obj.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+atexit.register(cleanup_all)
+
+
+# --------------------------------------------------------------------------- shell helpers
+
+
+def run(
+    cmd: Sequence[str], *, ns: str | None = None, check: bool = True, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (inside namespace ``ns`` if given) and return the completed process."""
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(full)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}"
+        )
+    return proc
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM the process by pid, then SIGKILL if it does not exit within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+
+
+def start_capture(ns: str, dev: str, path: Path | str) -> subprocess.Popen:
+    """Start tcpdump on ``dev`` in ``ns`` writing ``path``; return once it listens.
+
+    ``--immediate-mode`` matters: without it packets still in the capture ring buffer
+    are lost when the capture is stopped right after the traffic. Stop it with
+    :func:`stop_process`.
+    """
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "tcpdump",
+            "-Z",
+            "root",
+            "-i",
+            dev,
+            "-nn",
+            "-U",
+            "--immediate-mode",
+            "-w",
+            str(path),
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # "listening on ..." once the capture runs
+    if b"listening" not in line:
+        stop_process(proc)
+        raise RuntimeError(f"tcpdump in {ns} did not start: {line!r}")
+    return proc
+
+
+class NetnsPair:
+    """Two namespaces joined by a veth pair, with IPv4 addresses and optional inner hosts.
+
+    ``inner_a``/``inner_b`` (e.g. "10.96.1.1") are put on the loopback interface of each
+    side (the kernel here has no dummy module) and routed to the other side through the
+    veth, so a tunnel between them has something to carry; without one they talk in
+    plaintext.
+    """
+
+    def __init__(
+        self,
+        ns_a: str,
+        ns_b: str,
+        *,
+        veth_a: str,
+        veth_b: str,
+        addr_a: str,
+        addr_b: str,
+        prefix: int = 24,
+        inner_a: str | None = None,
+        inner_b: str | None = None,
+    ) -> None:
+        for name in (ns_a, ns_b, veth_a, veth_b):
+            if not name.startswith("pyi-"):
+                raise ValueError(f"namespace/interface names must start with pyi-: {name}")
+        self.ns_a, self.ns_b = ns_a, ns_b
+        self.veth_a, self.veth_b = veth_a, veth_b
+        self.addr_a, self.addr_b, self.prefix = addr_a, addr_b, prefix
+        self.inner_a, self.inner_b = inner_a, inner_b
+        self._up = False
+
+    def __enter__(self) -> NetnsPair:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.close()  # leftovers of an earlier crashed run
+        _register_cleanup(self)
+        self._up = True
+        run(["ip", "netns", "add", self.ns_a])
+        run(["ip", "netns", "add", self.ns_b])
+        run(["ip", "link", "add", self.veth_a, "netns", self.ns_a, "type", "veth",
+             "peer", "name", self.veth_b, "netns", self.ns_b])  # fmt: skip
+        for ns, dev, addr in ((self.ns_a, self.veth_a, self.addr_a),
+                              (self.ns_b, self.veth_b, self.addr_b)):  # fmt: skip
+            run(["ip", "link", "set", "lo", "up"], ns=ns)
+            run(["ip", "addr", "add", f"{addr}/{self.prefix}", "dev", dev], ns=ns)
+            run(["ip", "link", "set", dev, "up"], ns=ns)
+        if self.inner_a and self.inner_b:
+            for ns, inner, peer_inner, gw in (
+                (self.ns_a, self.inner_a, self.inner_b, self.addr_b),
+                (self.ns_b, self.inner_b, self.inner_a, self.addr_a),
+            ):
+                run(["ip", "addr", "add", f"{inner}/32", "dev", "lo"], ns=ns)
+                run(["ip", "route", "add", f"{peer_inner}/32", "via", gw], ns=ns)
+
+    def close(self) -> None:
+        for ns in (self.ns_a, self.ns_b):
+            run(["ip", "netns", "del", ns], check=False)
+        if self in _CLEANUPS:
+            _CLEANUPS.remove(self)
+        self._up = False
+
+
+# --------------------------------------------------------------------------- vici client
+
+# The vici protocol (strongSwan src/libcharon/plugins/vici/README.md): each packet is a
+# 32-bit big-endian length then a 1-byte type; named types carry an 8-bit-length name.
+# A message is a sequence of elements: section start/end, key=value, list start/item/end.
+_CMD_REQUEST, _CMD_RESPONSE, _CMD_UNKNOWN = 0, 1, 2
+_EVENT_REGISTER, _EVENT_UNREGISTER, _EVENT_CONFIRM, _EVENT_UNKNOWN, _EVENT = 3, 4, 5, 6, 7
+_SECTION_START, _SECTION_END, _KEY_VALUE, _LIST_START, _LIST_ITEM, _LIST_END = 1, 2, 3, 4, 5, 6
+
+
+def encode_vici_message(msg: dict) -> bytes:
+    """Encode a dict (values: str/bytes/int, list of those, or nested dict) as vici."""
+    out = bytearray()
+    for key, value in msg.items():
+        name = key.encode()
+        if isinstance(value, dict):
+            out += bytes([_SECTION_START, len(name)]) + name
+            out += encode_vici_message(value)
+            out.append(_SECTION_END)
+        elif isinstance(value, list | tuple):
+            out += bytes([_LIST_START, len(name)]) + name
+            for item in value:
+                data = item if isinstance(item, bytes) else str(item).encode()
+                out += bytes([_LIST_ITEM]) + struct.pack("!H", len(data)) + data
+            out.append(_LIST_END)
+        else:
+            data = value if isinstance(value, bytes) else str(value).encode()
+            out += bytes([_KEY_VALUE, len(name)]) + name + struct.pack("!H", len(data)) + data
+    return bytes(out)
+
+
+def decode_vici_message(data: bytes) -> dict:
+    """Decode a vici message into nested dicts; values and list items become str."""
+    root: dict = {}
+    stack = [root]
+    pos = 0
+    current_list: list | None = None
+
+    def name_at(p: int) -> tuple[str, int]:
+        n = data[p]
+        return data[p + 1 : p + 1 + n].decode(errors="replace"), p + 1 + n
+
+    def value_at(p: int) -> tuple[str, int]:
+        (n,) = struct.unpack_from("!H", data, p)
+        return data[p + 2 : p + 2 + n].decode(errors="replace"), p + 2 + n
+
+    while pos < len(data):
+        kind = data[pos]
+        pos += 1
+        if kind == _SECTION_START:
+            name, pos = name_at(pos)
+            section: dict = {}
+            stack[-1][name] = section
+            stack.append(section)
+        elif kind == _SECTION_END:
+            stack.pop()
+        elif kind == _KEY_VALUE:
+            name, pos = name_at(pos)
+            stack[-1][name], pos = value_at(pos)
+        elif kind == _LIST_START:
+            name, pos = name_at(pos)
+            current_list = []
+            stack[-1][name] = current_list
+        elif kind == _LIST_ITEM:
+            item, pos = value_at(pos)
+            assert current_list is not None
+            current_list.append(item)
+        elif kind == _LIST_END:
+            current_list = None
+        else:
+            raise ValueError(f"bad vici element type {kind}")
+    return root
+
+
+class ViciClient:
+    """A minimal blocking vici client over charon's Unix socket."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _send(self, ptype: int, name: str | None, msg: dict | None = None) -> None:
+        body = bytes([ptype])
+        if name is not None:
+            body += bytes([len(name)]) + name.encode()
+        body += encode_vici_message(msg or {})
+        self.sock.sendall(struct.pack("!I", len(body)) + body)
+
+    def _recv(self) -> tuple[int, str | None, dict]:
+        (length,) = struct.unpack("!I", self._recv_exact(4))
+        body = self._recv_exact(length)
+        ptype, pos, name = body[0], 1, None
+        if ptype == _EVENT:
+            n = body[1]
+            name, pos = body[2 : 2 + n].decode(), 2 + n
+        return ptype, name, decode_vici_message(body[pos:])
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("vici socket closed")
+            buf += chunk
+        return buf
+
+    def request(self, command: str, msg: dict | None = None) -> dict:
+        """Send one command and return its response message."""
+        self._send(_CMD_REQUEST, command, msg)
+        ptype, _, reply = self._recv()
+        if ptype == _CMD_UNKNOWN:
+            raise RuntimeError(f"vici: unknown command {command}")
+        return reply
+
+    def streamed(self, command: str, event: str, msg: dict | None = None) -> list[dict]:
+        """Run a command that streams ``event`` messages; return them (then the reply)."""
+        self._send(_EVENT_REGISTER, event)
+        ptype, _, _ = self._recv()
+        if ptype != _EVENT_CONFIRM:
+            raise RuntimeError(f"vici: cannot register for {event}")
+        self._send(_CMD_REQUEST, command, msg)
+        events = []
+        while True:
+            ptype, name, body = self._recv()
+            if ptype == _EVENT and name == event:
+                events.append(body)
+            elif ptype == _CMD_RESPONSE:
+                break
+        self._send(_EVENT_UNREGISTER, event)
+        self._recv()
+        return events
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class Child:
+    """One Child SA configuration (swanctl.conf ``connections.X.children.NAME``)."""
+
+    name: str
+    local_ts: list[str]
+    remote_ts: list[str]
+    esp_proposals: list[str] = field(default_factory=lambda: ["aes128gcm16"])
+    mode: str = "tunnel"
+    start_action: str = "none"  # none | trap | start
+    dpd_action: str | None = None  # clear | trap | restart
+    close_action: str | None = None
+    rekey_time: str | None = None  # e.g. "30s"; "0" disables
+    life_time: str | None = None
+    rand_time: str | None = None
+    rekey_bytes: int | None = None
+
+    def render(self) -> str:
+        opts = {
+            "local_ts": ",".join(self.local_ts),
+            "remote_ts": ",".join(self.remote_ts),
+            "esp_proposals": ",".join(self.esp_proposals),
+            "mode": self.mode,
+            "start_action": self.start_action,
+            "dpd_action": self.dpd_action,
+            "close_action": self.close_action,
+            "rekey_time": self.rekey_time,
+            "life_time": self.life_time,
+            "rand_time": self.rand_time,
+            "rekey_bytes": self.rekey_bytes,
+        }
+        return _block(self.name, opts, indent=12)
+
+
+@dataclass
+class Connection:
+    """One IKE connection (swanctl.conf ``connections.NAME``).
+
+    ``auth`` is "psk" or "pubkey"; for pubkey give ``local_cert`` (a file name in the
+    charon's x509/ directory, see :meth:`Charon.add_cert`) and trust a CA in x509ca/.
+    """
+
+    name: str
+    local_addrs: list[str]
+    remote_addrs: list[str]
+    local_id: str
+    remote_id: str
+    children: list[Child]
+    auth: str = "psk"
+    local_cert: str | None = None
+    ike_proposals: list[str] = field(default_factory=lambda: ["aes128gcm16-prfsha256-x25519"])
+    version: int = 2
+    encap: bool = True
+    mobike: bool = False
+    fragmentation: str | None = None  # yes | accept | force | no
+    rekey_time: str | None = None
+    reauth_time: str | None = None
+    over_time: str | None = None
+    rand_time: str | None = None
+    dpd_delay: str | None = None
+    dpd_timeout: str | None = None
+
+    def render(self) -> str:
+        opts = {
+            "version": self.version,
+            "local_addrs": ",".join(self.local_addrs),
+            "remote_addrs": ",".join(self.remote_addrs),
+            "proposals": ",".join(self.ike_proposals),
+            "encap": "yes" if self.encap else "no",
+            "mobike": "yes" if self.mobike else "no",
+            "fragmentation": self.fragmentation,
+            "rekey_time": self.rekey_time,
+            "reauth_time": self.reauth_time,
+            "over_time": self.over_time,
+            "rand_time": self.rand_time,
+            "dpd_delay": self.dpd_delay,
+            "dpd_timeout": self.dpd_timeout,
+        }
+        local = {"auth": self.auth, "id": self.local_id, "certs": self.local_cert}
+        remote = {"auth": self.auth, "id": self.remote_id}
+        inner = _block("local", local, 8) + _block("remote", remote, 8)
+        inner += " " * 8 + "children {\n"
+        inner += "".join(child.render() for child in self.children)
+        inner += " " * 8 + "}\n"
+        return _block(self.name, opts, 4, inner)
+
+
+@dataclass
+class Psk:
+    """A pre-shared key between two identities (written as hex: never quoted or logged)."""
+
+    ids: tuple[str, str]
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"Psk(ids={self.ids!r}, secret=<{len(self.secret)} bytes>)"
+
+
+def _block(name: str, opts: dict, indent: int, inner: str = "") -> str:
+    pad = " " * indent
+    lines = [f"{pad}{name} {{"]
+    lines += [f"{pad}    {k} = {v}" for k, v in opts.items() if v is not None]
+    return "\n".join(lines) + "\n" + inner + f"{pad}}}\n"
+
+
+def render_swanctl_conf(connections: Iterable[Connection], psks: Iterable[Psk]) -> str:
+    """swanctl.conf text for the given connections and PSKs."""
+    text = "connections {\n" + "".join(c.render() for c in connections) + "}\n"
+    text += "secrets {\n"
+    for index, psk in enumerate(psks):
+        text += f"    ike-{index} {{\n"
+        for n, ident in enumerate(psk.ids, 1):
+            text += f"        id-{n} = {ident}\n"
+        text += f"        secret = 0x{psk.secret.hex()}\n    }}\n"
+    return text + "}\n"
+
+
+def render_strongswan_conf(
+    workdir: Path, *, allow_peer_ts: bool = True, extra: str = "", ike_log_level: int = 2
+) -> str:
+    """strongswan.conf for a charon whose files all live in ``workdir``."""
+    return f"""charon {{
+    load_modular = no
+    load = {PLUGINS}
+    install_virtual_ip = no
+    retransmit_tries = 3
+    retransmit_timeout = 2.0
+    filelog {{
+        charon {{
+            path = {workdir}/charon.log
+            time_format = %H:%M:%S
+            append = no
+            flush_line = yes
+            ike_name = yes
+            default = 1
+            ike = {ike_log_level}
+            cfg = 2
+        }}
+    }}
+    syslog {{
+        daemon {{
+            default = -1
+        }}
+        auth {{
+            default = -1
+        }}
+    }}
+    plugins {{
+        kernel-libipsec {{
+            allow_peer_ts = {"yes" if allow_peer_ts else "no"}
+        }}
+        socket-default {{
+            fwmark = {SOCKET_FWMARK}
+        }}
+        kernel-netlink {{
+            fwmark = !{SOCKET_FWMARK}
+        }}
+        vici {{
+            socket = unix://{workdir}/charon.vici
+        }}
+    }}
+{extra}}}
+swanctl {{
+    load = pem pkcs1 pkcs8 x509 openssl
+}}
+"""
+
+
+# --------------------------------------------------------------------------- charon
+
+
+class Charon:
+    """One charon running in namespace ``ns``, configured from this object.
+
+    Use as a context manager (or call :meth:`start` / :meth:`close`). The work directory
+    (config, keys, log, vici socket, a private /run) is removed on close unless
+    ``keep_dir`` is set; :meth:`log_text` gives the log before that.
+    """
+
+    def __init__(
+        self,
+        ns: str,
+        connections: list[Connection],
+        psks: list[Psk] | None = None,
+        *,
+        allow_peer_ts: bool = True,
+        extra_conf: str = "",
+        keep_dir: bool = False,
+    ) -> None:
+        self.ns = ns
+        self.connections = connections
+        self.psks = psks or []
+        self.allow_peer_ts = allow_peer_ts
+        self.extra_conf = extra_conf
+        self.keep_dir = keep_dir
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{ns}-charon-"))
+        self.swanctl_dir = self.workdir / "swanctl"
+        for sub in ("x509", "x509ca", "private", "run"):
+            (self.swanctl_dir / sub if sub != "run" else self.workdir / sub).mkdir(
+                parents=True, exist_ok=True
+            )
+        self.proc: subprocess.Popen | None = None
+        self._log_cache: str | None = None
+
+    # -- files
+
+    @property
+    def vici_path(self) -> str:
+        return str(self.workdir / "charon.vici")
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "charon.log"
+
+    def add_cert(self, filename: str, pem: bytes, *, ca: bool = False) -> None:
+        """Install a certificate: x509ca/ (trusted CA) or x509/ (own or peer cert)."""
+        (self.swanctl_dir / ("x509ca" if ca else "x509") / filename).write_bytes(pem)
+
+    def add_private_key(self, filename: str, pem: bytes) -> None:
+        """Install a private key (PEM, any type) in private/, mode 0600."""
+        path = self.swanctl_dir / "private" / filename
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+
+    def write_config(self) -> None:
+        """Write strongswan.conf and swanctl.conf (0600: it holds the PSKs)."""
+        conf = render_strongswan_conf(
+            self.workdir, allow_peer_ts=self.allow_peer_ts, extra=self.extra_conf
+        )
+        (self.workdir / "strongswan.conf").write_text(conf)
+        path = self.swanctl_dir / "swanctl.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(render_swanctl_conf(self.connections, self.psks))
+
+    # -- process
+
+    def __enter__(self) -> Charon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["STRONGSWAN_CONF"] = str(self.workdir / "strongswan.conf")
+        env["SWANCTL_DIR"] = str(self.swanctl_dir)
+        return env
+
+    def start(self, *, load: bool = True, timeout: float = 10.0) -> None:
+        """Write the config, start charon in the namespace, wait for vici, load config."""
+        self.write_config()
+        script = f'mount --bind "{self.workdir}/run" /run && exec "{CHARON}"'
+        self.proc = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],  # fmt: skip
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "charon.stderr", "wb"),  # noqa: SIM115
+        )
+        _register_cleanup(self)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.vici_path):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"charon in {self.ns} exited: {self._stderr_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"charon in {self.ns}: no vici socket after {timeout}s")
+            time.sleep(0.05)
+        if load:
+            self.load()
+
+    def _stderr_tail(self) -> str:
+        try:
+            return (self.workdir / "charon.stderr").read_text()[-2000:]
+        except OSError:
+            return ""
+
+    def swanctl(self, *args: str, check: bool = True, timeout: float = 30) -> str:
+        """Run ``swanctl --uri <this charon> ARGS`` and return its output."""
+        cmd = [SWANCTL, *args, "--uri", f"unix://{self.vici_path}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self._env(), timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stdout}{proc.stderr}")
+        return proc.stdout + proc.stderr
+
+    def load(self) -> str:
+        """(Re)write the config files and load them all (``swanctl --load-all``)."""
+        self.write_config()
+        return self.swanctl(
+            "--load-all", "--noprompt", "--file", str(self.swanctl_dir / "swanctl.conf")
+        )
+
+    def initiate(self, child: str, *, ike: str | None = None, timeout: int = 15) -> str:
+        """Initiate Child SA ``child``; raise RuntimeError (with charon's output) on failure."""
+        args = ["--initiate", "--child", child, "--timeout", str(timeout)]
+        if ike:
+            args += ["--ike", ike]
+        return self.swanctl(*args, timeout=timeout + 10)
+
+    def terminate(self, *, ike: str | None = None, child: str | None = None) -> str:
+        args = ["--terminate"]
+        args += ["--ike", ike] if ike else []
+        args += ["--child", child] if child else []
+        return self.swanctl(*args, "--timeout", "10", check=False)
+
+    def list_sas(self) -> dict[str, dict]:
+        """IKE SAs by connection name, as vici gives them (``child-sas`` nested)."""
+        client = ViciClient(self.vici_path)
+        try:
+            events = client.streamed("list-sas", "list-sa", {"noblock": "yes"})
+        finally:
+            client.close()
+        result: dict[str, dict] = {}
+        for event in events:
+            result.update(event)
+        return result
+
+    def child_sas(self, name: str | None = None) -> list[dict]:
+        """Every Child SA (optionally only those of config ``name``), each a dict."""
+        out = []
+        for ike in self.list_sas().values():
+            for child in ike.get("child-sas", {}).values():
+                if name is None or child.get("name") == name:
+                    out.append(child)
+        return out
+
+    def wait_established(self, child: str, timeout: float = 20.0) -> dict:
+        """Wait until Child SA ``child`` is INSTALLED; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for sa in self.child_sas(child):
+                if sa.get("state") == "INSTALLED":
+                    return sa
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"charon in {self.ns} is not running:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{child} not established in {self.ns} after {timeout}s")
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        """charon's log so far (kept after close)."""
+        try:
+            self._log_cache = self.log_path.read_text(errors="replace")
+        except OSError:
+            pass
+        return self._log_cache or ""
+
+    def stop(self) -> None:
+        """Stop charon by pid (SIGTERM, then SIGKILL)."""
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def close(self) -> None:
+        """Stop charon, keep its log in memory, remove its work directory."""
+        self.stop()
+        self.log_text()
+        if self in _CLEANUPS:
+            _CLEANUPS.remove(self)
+        if not self.keep_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
