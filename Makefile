@@ -13,7 +13,7 @@ test: bootstrap lint
 	$(PY) -m pytest -q
 
 demo: bootstrap
-	$(PY) -m pyipsec.demo
+	$(PY) demo/run.py
 
 bench: bootstrap
 	$(PY) bench/esp_bench.py

@@ -18,6 +18,7 @@ check swanctl strongswan-swanctl
 dpkg -s libcharon-extra-plugins >/dev/null 2>&1 || NEED="$NEED libcharon-extra-plugins"
 dpkg -s libstrongswan-standard-plugins >/dev/null 2>&1 || NEED="$NEED libstrongswan-standard-plugins"
 dpkg -s libstrongswan-extra-plugins >/dev/null 2>&1 || NEED="$NEED libstrongswan-extra-plugins"
+[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || NEED="$NEED postgresql"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || NEED="$NEED python3-venv"
 
 if [ -n "$NEED" ]; then
