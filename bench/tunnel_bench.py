@@ -1,0 +1,330 @@
+"""Tunnel throughput: pyipsec against strongSwan's user-space data plane (issue 4).
+
+Builds two namespaces pyi-ba / pyi-bb joined by a veth (pyi-bv0 / pyi-bv1) and runs
+iperf3 TCP from A to B (``--duration`` seconds, ``--runs`` times, median) through:
+
+1. the plain veth (baseline);
+2. strongSwan 5.9.8 kernel-libipsec: IKEv2 PSK, tunnel mode, forced ESP-in-UDP,
+   aes128gcm16, one charon per namespace (tests/strongswan.py starts them);
+3. pyipsec tunnel mode, ESP-in-UDP, aes128gcm16, manual keys
+   (``pyipsec dataplane --static FILE`` in each namespace);
+4. pyipsec transport mode, raw ESP, aes128gcm16, manual keys.
+
+Tunnel variants carry traffic between inner addresses on each side's loopback
+(10.97.1.1 <-> 10.97.2.1); the outer addresses are the veth ones (10.97.0.1/.2). Each
+variant gets fresh namespaces. A variant counts only if the tunnel device really carried
+the bytes (its TX counter reaches 90 % of what iperf3 sent), so a routing mistake cannot
+pass plaintext off as a tunnel figure. A variant that cannot run prints why and gives no
+figure. The last line is always ``tunnel tcp pyipsec/strongswan ratio: X.XX`` (or n/a).
+
+Everything started here (namespaces, charons, data planes, iperf3) is stopped by pid and
+removed on exit, Ctrl-C or failure.
+
+Usage: ``.venv/bin/python bench/tunnel_bench.py [--duration 10] [--runs 3]
+[--variants plain,strongswan,pyipsec-tunnel,pyipsec-transport] [--keep DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from strongswan import Charon, Child, Connection, NetnsPair, Psk, run, stop_process  # noqa: E402
+
+NS_A, NS_B = "pyi-ba", "pyi-bb"
+VETH_A, VETH_B = "pyi-bv0", "pyi-bv1"
+OUTER_A, OUTER_B = "10.97.0.1", "10.97.0.2"
+INNER_A, INNER_B = "10.97.1.1", "10.97.2.1"
+PYIPSEC = str(REPO / ".venv" / "bin" / "pyipsec")
+
+VARIANTS = ("plain", "strongswan", "pyipsec-tunnel", "pyipsec-transport")
+LABELS = {
+    "plain": "plain veth (no tunnel)",
+    "strongswan": "strongSwan libipsec tunnel ESP-in-UDP aes128gcm16",
+    "pyipsec-tunnel": "pyipsec tunnel ESP-in-UDP aes128gcm16",
+    "pyipsec-transport": "pyipsec transport raw ESP aes128gcm16",
+}
+
+
+class Skip(Exception):
+    """A variant cannot run here; the message says why."""
+
+
+@dataclass
+class Result:
+    name: str
+    runs: list[float] = field(default_factory=list)  # Mbit/s
+    skipped: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.runs) if self.runs else None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tun_tx_bytes(ns: str, dev: str) -> int:
+    out = run(["ip", "-s", "-j", "link", "show", dev], ns=ns).stdout
+    return int(json.loads(out)[0]["stats64"]["tx"]["bytes"])
+
+
+def wait_ping(ns: str, src: str, dst: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run(["ping", "-c1", "-W1", "-I", src, dst], ns=ns, check=False).returncode == 0:
+            return
+    raise Skip(f"no ping from {src} to {dst} within {timeout:.0f}s")
+
+
+def iperf3_run(src: str, dst: str, duration: int) -> tuple[float, int]:
+    """One iperf3 TCP run from A (bound to src) to B's server at dst: (Mbit/s, bytes)."""
+    proc = run(
+        ["iperf3", "-c", dst, "-B", src, "-t", str(duration), "-J"],
+        ns=NS_A,
+        check=False,
+        timeout=duration + 30,
+    )
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise Skip(f"iperf3 gave no report: {proc.stderr.strip()[:300]}") from exc
+    if "error" in report:
+        raise Skip(f"iperf3: {report['error']}")
+    end = report["end"]
+    return end["sum_received"]["bits_per_second"] / 1e6, int(end["sum_sent"]["bytes"])
+
+
+@contextlib.contextmanager
+def iperf3_server(bind: str) -> Iterator[None]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", NS_B, "iperf3", "-s", "-B", bind],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        if proc.poll() is not None:
+            raise Skip("iperf3 server did not start")
+        yield
+    finally:
+        stop_process(proc)
+
+
+def measure(
+    result: Result, src: str, dst: str, args: argparse.Namespace, tun: tuple[str, str] | None
+) -> None:
+    """Run iperf3 ``args.runs`` times; check the tunnel device (ns, dev) carried the bytes."""
+    with iperf3_server(dst):
+        for index in range(args.runs):
+            before = tun_tx_bytes(*tun) if tun else 0
+            mbits, sent = iperf3_run(src, dst, args.duration)
+            if tun:
+                carried = tun_tx_bytes(*tun) - before
+                if carried < 0.9 * sent:
+                    raise Skip(
+                        f"{tun[1]} carried {carried} of {sent} bytes: traffic bypassed the tunnel"
+                    )
+            result.runs.append(mbits)
+            print(f"  {result.name} run {index + 1}: {mbits:.0f} Mbit/s", flush=True)
+
+
+def netns_pair() -> NetnsPair:
+    return NetnsPair(
+        NS_A, NS_B, veth_a=VETH_A, veth_b=VETH_B, addr_a=OUTER_A, addr_b=OUTER_B,
+        inner_a=INNER_A, inner_b=INNER_B,
+    )  # fmt: skip
+
+
+def kill_leftovers(ns: str) -> None:
+    """Stop (by pid) any process still living in a namespace this bench created."""
+    out = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+    for pid in out:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def bench_plain(result: Result, args: argparse.Namespace, workdir: Path) -> None:
+    with netns_pair():
+        measure(result, OUTER_A, OUTER_B, args, None)
+
+
+def bench_strongswan(result: Result, args: argparse.Namespace, workdir: Path) -> None:
+    if not os.path.exists("/usr/lib/ipsec/charon"):
+        raise Skip("strongSwan charon not installed")
+    psks = [Psk(ids=("a@bench", "b@bench"), secret=os.urandom(32))]
+
+    def conn(local: str, remote: str, lid: str, rid: str, lin: str, rin: str) -> Connection:
+        child = Child("bench", [f"{lin}/32"], [f"{rin}/32"], esp_proposals=["aes128gcm16"])
+        return Connection("bench", [local], [remote], lid, rid, [child], encap=True)
+
+    keep = args.keep is not None
+    with (
+        netns_pair(),
+        Charon(NS_A, [conn(OUTER_A, OUTER_B, "a@bench", "b@bench", INNER_A, INNER_B)],
+               psks, keep_dir=keep) as charon_a,
+        Charon(NS_B, [conn(OUTER_B, OUTER_A, "b@bench", "a@bench", INNER_B, INNER_A)],
+               psks, keep_dir=keep) as charon_b,
+    ):  # fmt: skip
+        try:
+            charon_a.initiate("bench")
+            charon_a.wait_established("bench")
+            charon_b.wait_established("bench")
+            wait_ping(NS_A, INNER_A, INNER_B)
+            measure(result, INNER_A, INNER_B, args, (NS_A, "ipsec0"))
+        finally:
+            if keep:
+                for charon in (charon_a, charon_b):
+                    shutil.copy(charon.log_path, Path(args.keep) / f"{charon.ns}-charon.log")
+
+
+def pyipsec_static_yaml(side: str, mode: str, keys: dict[str, bytes]) -> str:
+    """The static SA/SPD file for ``side`` ("a" or "b") in ``mode`` (tunnel/transport)."""
+    raise Skip("pyipsec static file format not wired into the bench yet")
+
+
+def pyipsec_available() -> str | None:
+    """None if ``pyipsec dataplane --static`` exists, else the reason it cannot run."""
+    if not os.path.exists(PYIPSEC):
+        return f"{PYIPSEC} not installed"
+    proc = subprocess.run([PYIPSEC, "dataplane", "--help"], capture_output=True, text=True)
+    if proc.returncode != 0 or "--static" not in proc.stdout:
+        return "`pyipsec dataplane --static` does not exist yet (H6 is building it)"
+    return None
+
+
+def bench_pyipsec(mode: str) -> Callable[[Result, argparse.Namespace, Path], None]:
+    def bench(result: Result, args: argparse.Namespace, workdir: Path) -> None:
+        reason = pyipsec_available()
+        if reason:
+            raise Skip(reason)
+        keys = {"ab": os.urandom(20), "ba": os.urandom(20)}  # AES-128 key + 4-byte salt
+        with netns_pair(), contextlib.ExitStack() as stack:
+            for side, ns in (("a", NS_A), ("b", NS_B)):
+                path = workdir / f"static-{mode}-{side}.yaml"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(pyipsec_static_yaml(side, mode, keys))
+                log = open(workdir / f"pyipsec-{mode}-{side}.log", "wb")  # noqa: SIM115
+                stack.callback(log.close)
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, PYIPSEC, "dataplane", "--static", str(path)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                stack.callback(kill_leftovers, ns)
+                stack.callback(stop_process, proc)
+            src, dst = (INNER_A, INNER_B) if mode == "tunnel" else (OUTER_A, OUTER_B)
+            time.sleep(0.5)
+            wait_ping(NS_A, src, dst)
+            measure(result, src, dst, args, (NS_A, "pyipsec0"))
+
+    return bench
+
+
+BENCHES: dict[str, Callable[[Result, argparse.Namespace, Path], None]] = {
+    "plain": bench_plain,
+    "strongswan": bench_strongswan,
+    "pyipsec-tunnel": bench_pyipsec("tunnel"),
+    "pyipsec-transport": bench_pyipsec("transport"),
+}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def print_table(results: list[Result], runs: int) -> None:
+    head = f"{'variant':<52}" + "".join(f"{'run ' + str(i + 1):>9}" for i in range(runs))
+    print(head + f"{'median':>9}   (Mbit/s, iperf3 TCP A->B)")
+    for res in results:
+        line = f"{LABELS[res.name]:<52}"
+        if res.skipped is not None or res.median is None:
+            print(line + f"  skipped: {res.skipped or 'interrupted'}")
+            continue
+        line += "".join(f"{v:>9.0f}" for v in res.runs) + " " * 9 * (runs - len(res.runs))
+        print(line + f"{res.median:>9.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per variant (median)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument("--keep", metavar="DIR", help="keep logs and static files in DIR")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    for tool in ("iperf3", "ip"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} not installed")
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pyi-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    interrupted = False
+    try:
+        for name in names:
+            result = Result(name)
+            results.append(result)
+            print(f"== {LABELS[name]}", flush=True)
+            try:
+                BENCHES[name](result, args, workdir)
+            except (Skip, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+                result.runs.clear()
+                result.skipped = str(exc).splitlines()[0][:200]
+                print(f"  {name} could not run: {exc}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: cleaned up; figures so far follow", flush=True)
+        interrupted = True
+    finally:
+        for ns in (NS_A, NS_B):
+            kill_leftovers(ns)
+            run(["ip", "netns", "del", ns], check=False)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print_table(results, args.runs)
+    by_name = {r.name: r for r in results}
+    ours, theirs = by_name.get("pyipsec-tunnel"), by_name.get("strongswan")
+    if ours and theirs and ours.median and theirs.median:
+        print(f"tunnel tcp pyipsec/strongswan ratio: {ours.median / theirs.median:.2f}")
+    else:
+        missing = [
+            f"{n}: {(by_name[n].skipped or 'interrupted') if n in by_name else 'not selected'}"
+            for n in ("pyipsec-tunnel", "strongswan")
+            if n not in by_name or by_name[n].median is None
+        ]
+        print("ratio not computed (" + "; ".join(missing) + ")")
+        print("tunnel tcp pyipsec/strongswan ratio: n/a")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
