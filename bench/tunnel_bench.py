@@ -197,8 +197,31 @@ def bench_strongswan(result: Result, args: argparse.Namespace, workdir: Path) ->
 
 
 def pyipsec_static_yaml(side: str, mode: str, keys: dict[str, bytes]) -> str:
-    """The static SA/SPD file for ``side`` ("a" or "b") in ``mode`` (tunnel/transport)."""
-    raise Skip("pyipsec static file format not wired into the bench yet")
+    """The static SA/SPD file (src/pyipsec/dataplane/static.py) for ``side`` "a" or "b".
+
+    Tunnel mode protects INNER_A <-> INNER_B between the veth addresses, ESP in UDP 4500;
+    transport mode protects OUTER_A <-> OUTER_B with raw ESP. One SA per direction.
+    """
+    me, peer = (OUTER_A, OUTER_B) if side == "a" else (OUTER_B, OUTER_A)
+    if mode == "tunnel":
+        local, remote = (INNER_A, INNER_B) if side == "a" else (INNER_B, INNER_A)
+    else:
+        local, remote = me, peer
+    encap = "udp" if mode == "tunnel" else "none"
+    sas = []
+    for spi, src, dst, key in ((0x2001, OUTER_A, OUTER_B, keys["ab"]),
+                               (0x2002, OUTER_B, OUTER_A, keys["ba"])):  # fmt: skip
+        direction = "out" if src == me else "in"
+        sas.append(
+            f"  - spi: 0x{spi:x}\n    src: {src}\n    dst: {dst}\n    protocol: esp\n"
+            f'    mode: {mode}\n    algorithm: aes128gcm16\n    key: "{key.hex()}"\n'
+            f"    encap: {encap}\n    child: bench\n    direction: {direction}\n"
+        )
+    policy = (
+        f"  - name: bench\n    local: {local}\n    remote: {remote}\n"
+        f"    action: protect\n    child: bench\n"
+    )
+    return "sas:\n" + "".join(sas) + "policies:\n" + policy
 
 
 def pyipsec_available() -> str | None:
