@@ -1,6 +1,6 @@
 """Tests of the strongSwan harness (tests/strongswan.py).
 
-Without root: the vici codec and the generated configuration. As root (netns): two real
+Without root: the generated configuration. As root (netns): two real
 charons in pyi-s1/pyi-s2 establish an IKEv2 PSK, tunnel-mode, ESP-in-UDP aes128gcm16
 Child SA through kernel-libipsec, a ping crosses it, and a capture on the veth shows only
 IKE/ESP-in-UDP between the hosts and never the ping's plaintext.
@@ -25,8 +25,6 @@ from strongswan import (  # noqa: E402
     Connection,
     NetnsPair,
     Psk,
-    decode_vici_message,
-    encode_vici_message,
     render_swanctl_conf,
     run,
     start_capture,
@@ -38,27 +36,6 @@ VETH_A, VETH_B = "pyi-sv0", "pyi-sv1"
 OUTER_A, OUTER_B = "10.96.0.1", "10.96.0.2"
 INNER_A, INNER_B = "10.96.1.1", "10.96.2.1"
 MARKER = b"PYI-PLAIN-MARK!!"  # 16 bytes: ping -p repeats it through the payload
-
-
-def test_vici_message_roundtrip() -> None:
-    msg = {
-        "child": "t-c",
-        "timeout": 5,
-        "list": ["a", "b c"],
-        "sec": {"inner": {"k": "v"}, "x": "1"},
-    }
-    decoded = decode_vici_message(encode_vici_message(msg))
-    assert decoded == {
-        "child": "t-c",
-        "timeout": "5",
-        "list": ["a", "b c"],
-        "sec": {"inner": {"k": "v"}, "x": "1"},
-    }
-
-
-def test_vici_decode_rejects_bad_element() -> None:
-    with pytest.raises(ValueError, match="bad vici element"):
-        decode_vici_message(b"\x09abc")
 
 
 def test_swanctl_conf_rendering_keeps_psk_out_of_repr() -> None:
