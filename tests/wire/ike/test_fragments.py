@@ -19,6 +19,7 @@ from pyipsec.wire.ike import (
     fragment_message,
     pull_header,
     pull_message,
+    push_message,
 )
 from pyipsec.wire.ike.header import push_generic_header
 from pyipsec.wire.ike.payloads import EncryptedFragmentPayload
@@ -213,3 +214,9 @@ def test_fragment_size_too_small(cipher_pair):
     tx, _ = cipher_pair
     with pytest.raises(ConfigError):
         fragment_message(big_message(), tx, 60)
+
+
+def test_closed_fragment_reencodes_identically(cipher_pair):
+    tx, _ = cipher_pair
+    for raw in fragment_message(big_message(), tx, 500)[:2]:
+        assert push_message(pull_message(raw)) == raw

@@ -200,3 +200,9 @@ def test_sk_wrong_key(aead_cipher):
     raw = encrypt_message(auth_request(), aead_cipher())
     with pytest.raises(IntegrityError):
         decrypt_message(raw, aead_cipher(key=b"\x01" * 16))
+
+
+def test_closed_sk_message_reencodes_identically(cipher_pair):
+    tx, rx = cipher_pair
+    raw = encrypt_message(auth_request(), tx)
+    assert push_message(pull_message(raw)) == raw

@@ -355,6 +355,8 @@ _PUSH: dict[type, Callable[[Any], bytes]] = {
     VendorIdPayload: push_vendor_id,
     TsPayload: push_ts,
     UnknownPayload: lambda p: p.data,
+    EncryptedPayload: lambda p: p.body,
+    EncryptedFragmentPayload: lambda p: _SKF.pack(p.fragment_number, p.total_fragments) + p.body,
 }
 
 # Types defined by RFC 7296 (33..48) and SKF: the critical bit is ignored for them.
@@ -426,6 +428,12 @@ def push_payload_chain(payloads: Sequence[Any], last_next: int = PayloadType.NON
     out = bytearray()
     for i, p in enumerate(payloads):
         nxt = payloads[i + 1].payload_type if i + 1 < len(payloads) else last_next
+        if isinstance(p, EncryptedPayload | EncryptedFragmentPayload):
+            # A still-closed SK/SKF (e.g. re-encoding a message read by pull_message):
+            # its Next Payload names the first inner payload, and it must come last.
+            if i + 1 != len(payloads):
+                raise ValueError("an SK/SKF payload must be the last payload")
+            nxt = p.first_payload_type
         body = push_payload_body(p)
         critical = bool(getattr(p, "critical", False))
         out += push_generic_header(nxt, len(body), critical) + body
