@@ -155,7 +155,7 @@ def make_ee(
         .issuer_name(issuer.cert.subject)
         .public_key(key.public_key())
         .serial_number(serial if serial is not None else x509.random_serial_number())
-        .not_valid_before(not_before or now - _dt.timedelta(days=1))
+        .not_valid_before(not_before or now - _dt.timedelta(days=max(1, 30 - days)))
         .not_valid_after(not_after or now + _dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
