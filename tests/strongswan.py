@@ -54,6 +54,12 @@ PLUGINS = (
 
 SOCKET_FWMARK = "0x42"
 
+#: Credential directories swanctl --load-all reads (made empty, so it does not complain).
+SWANCTL_SUBDIRS = (
+    "x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl", "pubkey", "private",
+    "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12",
+)  # fmt: skip
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vici_client import ViciClient  # noqa: E402
 
@@ -262,6 +268,9 @@ class Connection:
     children: list[Child]
     auth: str = "psk"
     local_cert: str | None = None
+    remote_auth: str | None = None  # default: same as auth
+    send_cert: str | None = None  # ifasked | always | never
+    remote_cacerts: str | None = None  # constrain the peer to this CA (file in x509ca/)
     ike_proposals: list[str] = field(default_factory=lambda: ["aes128gcm16-prfsha256-x25519"])
     version: int = 2
     encap: bool = True
@@ -282,6 +291,7 @@ class Connection:
             "proposals": ",".join(self.ike_proposals),
             "encap": "yes" if self.encap else "no",
             "mobike": "yes" if self.mobike else "no",
+            "send_cert": self.send_cert,
             "fragmentation": self.fragmentation,
             "rekey_time": self.rekey_time,
             "reauth_time": self.reauth_time,
@@ -290,8 +300,16 @@ class Connection:
             "dpd_delay": self.dpd_delay,
             "dpd_timeout": self.dpd_timeout,
         }
-        local = {"auth": self.auth, "id": self.local_id, "certs": self.local_cert}
-        remote = {"auth": self.auth, "id": self.remote_id}
+        local = {
+            "auth": self.auth,
+            "id": self.local_id,
+            "certs": self.local_cert,
+        }
+        remote = {
+            "auth": self.remote_auth or self.auth,
+            "id": self.remote_id,
+            "cacerts": self.remote_cacerts,
+        }
         inner = _block("local", local, 8) + _block("remote", remote, 8)
         inner += " " * 8 + "children {\n"
         inner += "".join(child.render() for child in self.children)
@@ -375,7 +393,7 @@ def render_strongswan_conf(
     }}
 {extra}}}
 swanctl {{
-    load = pem pkcs1 pkcs8 x509 openssl
+    load = pem pkcs1 pkcs8 x509 openssl curve25519
 }}
 """
 
@@ -409,12 +427,12 @@ class Charon:
         self.keep_dir = keep_dir
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{ns}-charon-"))
         self.swanctl_dir = self.workdir / "swanctl"
-        for sub in ("x509", "x509ca", "private", "run"):
-            (self.swanctl_dir / sub if sub != "run" else self.workdir / sub).mkdir(
-                parents=True, exist_ok=True
-            )
+        for sub in SWANCTL_SUBDIRS:
+            (self.swanctl_dir / sub).mkdir(parents=True)
+        (self.workdir / "run").mkdir()
         self.proc: subprocess.Popen | None = None
         self._log_cache: str | None = None
+        _register_cleanup(self)  # the work directory goes even if start() is never reached
 
     # -- files
 
@@ -427,7 +445,9 @@ class Charon:
         return self.workdir / "charon.log"
 
     def add_cert(self, filename: str, pem: bytes, *, ca: bool = False) -> None:
-        """Install a certificate: x509ca/ (trusted CA) or x509/ (own or peer cert)."""
+        """Install a certificate: x509ca/ (trusted CA) or x509/ (own or peer cert).
+
+        Add credentials before :meth:`start` (or call :meth:`load` again after)."""
         (self.swanctl_dir / ("x509ca" if ca else "x509") / filename).write_bytes(pem)
 
     def add_private_key(self, filename: str, pem: bytes) -> None:
@@ -436,6 +456,21 @@ class Charon:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
+
+    def add_identity(self, filename: str, cert, key, chain: Sequence = ()) -> None:
+        """Install an own certificate (a ``cryptography`` x509.Certificate) in x509/, its
+        private key in private/ (PKCS#8, 0600) and the intermediate CAs ``chain`` in
+        x509ca/ (so charon can send them). tests/pki.py makes all of these."""
+        from cryptography.hazmat.primitives import serialization
+
+        pem = serialization.Encoding.PEM
+        self.add_cert(filename, cert.public_bytes(pem))
+        key_pem = key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        self.add_private_key(filename, key_pem)
+        for index, ca in enumerate(chain):
+            self.add_cert(f"{Path(filename).stem}-chain{index}.pem", ca.public_bytes(pem), ca=True)
 
     def write_config(self) -> None:
         """Write strongswan.conf and swanctl.conf (0600: it holds the PSKs)."""
@@ -486,7 +521,6 @@ class Charon:
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "charon.stderr", "wb"),  # noqa: SIM115
         )
-        _register_cleanup(self)
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.vici_path):
             if self.proc.poll() is not None:

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import strongswan  # noqa: E402
+from pki import Pki  # noqa: E402
 from strongswan import (  # noqa: E402
     Charon,
     Child,
@@ -60,6 +62,13 @@ def test_swanctl_conf_rendering_keeps_psk_out_of_repr() -> None:
     assert "certs" not in text  # no cert configured: no empty option written
 
 
+def _pair() -> NetnsPair:
+    return NetnsPair(
+        NS_A, NS_B, veth_a=VETH_A, veth_b=VETH_B, addr_a=OUTER_A, addr_b=OUTER_B,
+        inner_a=INNER_A, inner_b=INNER_B,
+    )  # fmt: skip
+
+
 def _connections() -> tuple[Connection, Connection]:
     def conn(local: str, remote: str, lid: str, rid: str, lin: str, rin: str) -> Connection:
         child = Child("t-c", [f"{lin}/32"], [f"{rin}/32"], esp_proposals=["aes128gcm16"])
@@ -81,16 +90,7 @@ def test_two_charons_tunnel_esp_in_udp(tmp_path: Path) -> None:
     psks = [Psk(ids=("a@pyi", "b@pyi"), secret=os.urandom(32))]
     pcap = tmp_path / "veth.pcap"
     with (
-        NetnsPair(
-            NS_A,
-            NS_B,
-            veth_a=VETH_A,
-            veth_b=VETH_B,
-            addr_a=OUTER_A,
-            addr_b=OUTER_B,
-            inner_a=INNER_A,
-            inner_b=INNER_B,
-        ),  # fmt: skip
+        _pair(),
         Charon(NS_A, [conn_a], psks) as charon_a,
         Charon(NS_B, [conn_b], psks) as charon_b,
     ):
@@ -132,3 +132,47 @@ def test_two_charons_tunnel_esp_in_udp(tmp_path: Path) -> None:
     assert not any(ICMP in p for p in packets)
     # everything the harness started is gone
     assert run(["ip", "netns", "pids", NS_A], check=False).returncode != 0
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not os.path.exists(strongswan.CHARON), reason="strongSwan not installed")
+@pytest.mark.parametrize(
+    ("ca_kind", "leaf_kind", "intermediate"),
+    [("p256", "p256", False), ("rsa2048", "rsa2048", True), ("p256", "ed25519", True)],
+)
+def test_two_charons_certificates(ca_kind: str, leaf_kind: str, intermediate: bool) -> None:
+    """Certificate authentication with a CA the test makes (optionally via a sub-CA)."""
+    pki = Pki(ca_kind)
+    ids = {"a": "a.pyi.test", "b": "b.pyi.test"}
+    certs = {
+        side: pki.issue(leaf_kind, direct=not intermediate, cn=name, dns=[name])
+        for side, name in ids.items()
+    }
+    chain = [pki.intermediate.cert] if intermediate else []
+
+    def conn(side: str, peer: str, outer: tuple[str, str], inner: tuple[str, str]) -> Connection:
+        child = Child("t-c", [f"{inner[0]}/32"], [f"{inner[1]}/32"])
+        return Connection(
+            "t", [outer[0]], [outer[1]], ids[side], ids[peer], [child],
+            auth="pubkey", local_cert=f"{side}.pem", send_cert="always",
+            ike_proposals=["aes256gcm16-prfsha384-ecp256"],
+        )  # fmt: skip
+
+    charon_a = Charon(NS_A, [conn("a", "b", (OUTER_A, OUTER_B), (INNER_A, INNER_B))])
+    charon_b = Charon(NS_B, [conn("b", "a", (OUTER_B, OUTER_A), (INNER_B, INNER_A))])
+    for side, charon in (("a", charon_a), ("b", charon_b)):
+        charon.add_cert("root.pem", pki.root.cert.public_bytes(Encoding.PEM), ca=True)
+        charon.add_identity(f"{side}.pem", certs[side].cert, certs[side].key, chain)
+    with _pair(), charon_a, charon_b:
+        charon_a.initiate("t-c")
+        charon_a.wait_established("t-c")
+        charon_b.wait_established("t-c")
+        (ike_b,) = charon_b.list_sas().values()
+        assert ike_b["remote-id"] == ids["a"]
+        assert ike_b["dh-group"] == "ECP_256"
+        ping = run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", INNER_A, INNER_B],
+                   ns=NS_A, check=False)  # fmt: skip
+        assert ping.returncode == 0, ping.stdout + charon_a.log_text()
+        log_b = charon_b.log_text()
+    assert f"authentication of '{ids['a']}' with" in log_b
+    assert "successful" in log_b
