@@ -1,0 +1,300 @@
+"""The two direction workers: one process each, so both cores encrypt/decrypt at once.
+
+The service (:mod:`pyipsec.dataplane.service`) opens the TUN queue and the sockets, then
+forks both workers; each keeps only the descriptors it uses:
+
+* outbound: reads the TUN queue, owns the outbound SAs (sequence numbers are never shared),
+  sends through the raw IPPROTO_RAW sockets and the UDP 4500 sockets (GSO).
+* inbound: reads the raw ESP/AH sockets and the UDP 4500 sockets (GRO), owns the inbound
+  SAs, writes into the TUN queue.
+
+Each worker talks to the service over a ``multiprocessing`` pipe with small tuples:
+``("add_sa", SaConfig)``, ``("del_sa", protocol, spi)``, ``("policies", [PolicyConfig])``,
+``("stats",)`` (answered with a dict), ``("stop",)``. Workers die with the service
+(PR_SET_PDEATHSIG), so a crash of the service never leaves a worker encrypting alone.
+This module is the I/O boundary: it reads the clock and passes ``now`` to the pipeline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import select
+import signal
+import socket
+import time
+from dataclasses import asdict
+from typing import Any
+
+from pyipsec.dataplane.pipeline import InboundPipeline, OutboundPipeline
+from pyipsec.ipsec.spd import Spd
+from pyipsec.platform.linux import sockets as sk
+from pyipsec.platform.linux.tun import Tun
+
+log = logging.getLogger("pyipsec.dataplane")
+
+BATCH = 64
+ROUNDS = 16  #: batches drained per wake-up before the control pipe is looked at again
+PR_SET_PDEATHSIG = 1
+
+
+class ChildSelectors:
+    """The selectors an inbound SA checks: every PROTECT policy naming its child.
+
+    Looked up at match time so that policy changes apply to existing SAs.
+    """
+
+    __slots__ = ("table", "child")
+
+    def __init__(self, table: dict[str, list[Any]], child: str) -> None:
+        self.table = table
+        self.child = child
+
+    def matches(self, flow: Any) -> bool:
+        for sel in self.table.get(self.child, ()):
+            if sel.matches(flow, "in"):
+                return True
+        return False
+
+
+class SocketSender:
+    """:class:`pyipsec.dataplane.pipeline.Sender` over the real sockets."""
+
+    def __init__(self, raw4: Any, raw6: Any, udp4: Any, udp6: Any, *, gso: bool = True) -> None:
+        self.raw = {4: raw4, 6: raw6}
+        self.udp = {4: udp4, 6: udp6}
+        self.gso = gso
+        self.send_errors = 0
+
+    def send_ip(self, packets: list[bytes], version: int, dst: str) -> None:
+        sock = self.raw[version]
+        addr = (dst, 0)
+        for p in packets:
+            try:
+                sock.sendto(p, addr)
+            except OSError:
+                self.send_errors += 1
+
+    def send_udp(self, datagrams: list[bytes], version: int, addr: tuple[str, int]) -> None:
+        sock = self.udp[version]
+        if sock is None:
+            self.send_errors += len(datagrams)
+            return
+        try:
+            sk.send_gso(sock, datagrams, addr, gso=self.gso)
+        except OSError:
+            self.send_errors += 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _stats_dict(pipe: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    sas = []
+    for cfg, st in pipe.sa_statistics():
+        sas.append({"sa": cfg.to_dict(), "statistics": asdict(st)})
+    return {"pipeline": asdict(pipe.statistics()), "sas": sas, **extra}
+
+
+def _build_sa(cfg: Any, selectors: dict[str, list[Any]] | None, now: float) -> Any:
+    if selectors is None:  # outbound: selectors are checked on decapsulation only
+        return cfg.build(now=now)
+    return cfg.build(selectors=ChildSelectors(selectors, cfg.child), now=now)
+
+
+def _selector_table(policies: list[Any]) -> dict[str, list[Any]]:
+    table: dict[str, list[Any]] = {}
+    for p in policies:
+        if p.entry.template is not None:
+            table.setdefault(p.entry.template.child, []).append(p.entry.selector)
+    return table
+
+
+class _Worker:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.running = True
+        self.events = 0
+
+    def handle_control(self) -> None:
+        while self.conn.poll():
+            try:
+                msg = self.conn.recv()
+            except EOFError:
+                self.running = False
+                return
+            try:
+                reply = self.command(msg)
+            except Exception as exc:  # report to the service, never die on a bad command
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            if reply is not None:
+                self.conn.send(reply)
+
+    def command(self, msg: tuple) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class OutboundWorker(_Worker):
+    def __init__(self, conn: Any, tun: Tun, sender: SocketSender, policies: list[Any]) -> None:
+        super().__init__(conn)
+        self.tun = tun
+        self.spd = Spd()
+        for p in policies:
+            self.spd.add(p.entry)
+        self.sender = sender
+        self.pipe = OutboundPipeline(self.spd, sender, on_acquire=self._acquire)
+
+    def _acquire(self, acq: Any) -> None:
+        log.info("acquire: child %s policy %s", acq.child, acq.policy)
+
+    def command(self, msg: tuple) -> Any:
+        op = msg[0]
+        if op == "add_sa":
+            self.pipe.add_sa(msg[1], _build_sa(msg[1], None, time.monotonic()), time.monotonic())
+            return {"ok": True}
+        if op == "del_sa":
+            return {"ok": self.pipe.remove_sa(msg[1], msg[2])}
+        if op == "policies":
+            self.spd.clear()
+            for p in msg[1]:
+                self.spd.add(p.entry)
+            return {"ok": True}
+        if op == "stats":
+            extra = {"tun": asdict(self.tun.statistics()),
+                     "send_errors": self.sender.send_errors,
+                     "spd": asdict(self.spd.statistics())}  # fmt: skip
+            return _stats_dict(self.pipe, extra)
+        if op == "stop":
+            self.running = False
+            return {"ok": True}
+        return {"error": f"unknown command {op!r}"}
+
+    def run(self) -> None:
+        ep = select.epoll()
+        ep.register(self.tun.fd, select.EPOLLIN)
+        ctl = self.conn.fileno()
+        ep.register(ctl, select.EPOLLIN)
+        read_batch = self.tun.read_batch
+        process = self.pipe.process
+        next_tick = time.monotonic() + 1.0
+        while self.running:
+            for fd, _ev in ep.poll(1.0):
+                if fd == ctl:
+                    self.handle_control()
+                    continue
+                for _ in range(ROUNDS):
+                    batch = read_batch(BATCH)
+                    if not batch:
+                        break
+                    process(batch, time.monotonic())
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 1.0
+                for rep in self.pipe.tick(now):
+                    log.warning("SA event %s", rep)
+
+
+class InboundWorker(_Worker):
+    def __init__(self, conn: Any, tun: Tun, receivers: list[tuple[str, Any]]) -> None:
+        super().__init__(conn)
+        self.tun = tun
+        self.receivers = receivers  # (kind, socket): kind raw4 | esp6 | ah6 | udp
+        self.selectors: dict[str, list[Any]] = {}
+        self.pipe = InboundPipeline(tun)
+
+    def command(self, msg: tuple) -> Any:
+        op = msg[0]
+        if op == "add_sa":
+            self.pipe.add_sa(msg[1], _build_sa(msg[1], self.selectors, time.monotonic()))
+            return {"ok": True}
+        if op == "del_sa":
+            return {"ok": self.pipe.remove_sa(msg[1], msg[2])}
+        if op == "policies":
+            self.selectors.clear()
+            self.selectors.update(_selector_table(msg[1]))
+            return {"ok": True}
+        if op == "stats":
+            return _stats_dict(self.pipe, {"tun": asdict(self.tun.statistics())})
+        if op == "stop":
+            self.running = False
+            return {"ok": True}
+        return {"error": f"unknown command {op!r}"}
+
+    def _handler(self, kind: str, sock: socket.socket) -> Any:
+        """A function draining one batch from ``sock``; returns False when it was empty."""
+        pipe = self.pipe
+        clock = time.monotonic
+        if kind == "raw4":
+            recv4 = sk.recv_raw4
+
+            def drain4() -> bool:
+                batch = recv4(sock, BATCH)
+                if batch:
+                    pipe.process_ip4(batch, clock())
+                return bool(batch)
+
+            return drain4
+        proto = 51 if kind == "ah6" else 50
+        udp = kind == "udp"
+        recv = sk.recv_with_addrs
+
+        def drain() -> bool:
+            items = recv(sock, BATCH)
+            if items:
+                pipe.process_payloads(items, proto, clock(), udp=udp)
+            return bool(items)
+
+        return drain
+
+    def run(self) -> None:
+        ep = select.epoll()
+        ctl = self.conn.fileno()
+        ep.register(ctl, select.EPOLLIN)
+        handlers = {}
+        for kind, sock in self.receivers:
+            ep.register(sock.fileno(), select.EPOLLIN)
+            handlers[sock.fileno()] = self._handler(kind, sock)
+        next_tick = time.monotonic() + 1.0
+        while self.running:
+            for fd, _ev in ep.poll(1.0):
+                if fd == ctl:
+                    self.handle_control()
+                    continue
+                handler = handlers[fd]
+                for _ in range(ROUNDS):
+                    if not handler():
+                        break
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 1.0
+                for rep in self.pipe.tick(now):
+                    log.warning("SA event %s", rep)
+
+
+def outbound_main(conn: Any, tun: Tun, sender: SocketSender, policies: list[Any]) -> None:
+    """Process entry point of the outbound worker."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: _exit())
+    OutboundWorker(conn, tun, sender, policies).run()
+
+
+def inbound_main(
+    conn: Any, tun: Tun, receivers: list[tuple[str, socket.socket]], policies: list[Any]
+) -> None:
+    """Process entry point of the inbound worker."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: _exit())
+    w = InboundWorker(conn, tun, receivers)
+    w.selectors.update(_selector_table(policies))
+    w.run()
+
+
+def _exit() -> None:
+    raise SystemExit(0)

@@ -1,0 +1,178 @@
+"""Sockets of the data plane: raw IP for ESP/AH, UDP 4500 for ESP-in-UDP (RFC 3948).
+
+Every socket carries SO_MARK (``socket_mark``) so the nftables output chain accepts the data
+plane's own packets first and they never loop back into the TUN device.
+
+* Sending whole ESP/AH packets: ``AF_INET``/``AF_INET6`` ``SOCK_RAW`` ``IPPROTO_RAW``; the
+  header is included (IPv6 IPPROTO_RAW sockets imply IPV6_HDRINCL), so AH's ICV over the
+  exact header stays valid.
+* Receiving ESP (50) and AH (51): raw sockets of those protocols. IPv4 delivers the IP header
+  with the payload; IPv6 does not, so the destination address comes from IPV6_PKTINFO. Having
+  such a socket open also stops the kernel's ICMP protocol-unreachable answers.
+* ESP-in-UDP: one UDP socket per family bound to port 4500, used by both workers (the
+  inbound worker receives, the outbound worker sends). Sending batches uses UDP_SEGMENT
+  (GSO: one ``sendmsg`` for up to 64 equal-size datagrams); receiving uses UDP_GRO (the
+  kernel coalesces datagrams of one flow; a cmsg gives the segment size). UDP_ENCAP is NOT
+  set: the kernel has no ESP, the socket must stay an ordinary UDP socket.
+
+Descriptors are blocking (O_NONBLOCK would be shared by both workers); reads that must not
+block pass MSG_DONTWAIT.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterable
+
+SO_MARK = 36
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+IP_PKTINFO = 8
+IPV6_RECVPKTINFO = 49
+IPV6_PKTINFO = 50
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65507
+_CMSG_SPACE = socket.CMSG_SPACE(64) * 2
+_U16 = struct.Struct("=H")
+_I32 = struct.Struct("=i")
+
+
+def _marked(sock: socket.socket, mark: int) -> socket.socket:
+    sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+    sock.set_inheritable(True)
+    return sock
+
+
+def open_raw_sender(family: int, mark: int) -> socket.socket:
+    """Raw socket that sends complete IP packets (header included)."""
+    sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    return _marked(sock, mark)
+
+
+def open_raw_receiver(family: int, proto: int, mark: int) -> socket.socket:
+    """Raw socket receiving every packet of ``proto`` (50 ESP, 51 AH) sent to this host."""
+    sock = socket.socket(family, socket.SOCK_RAW, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    return _marked(sock, mark)
+
+
+def open_udp_encap(family: int, mark: int, port: int = 4500, *, gro: bool = True) -> socket.socket:
+    """UDP socket bound to ``port`` for ESP-in-UDP, with packet info (and GRO) enabled."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        sock.bind(("::", port))
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.bind(("0.0.0.0", port))
+    if gro:
+        try:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            pass  # old kernel: every datagram arrives alone, still correct
+    return _marked(sock, mark)
+
+
+def _pktinfo_dst(ancdata: list, family: int) -> tuple[str | None, int]:
+    """Destination address (IP_PKTINFO / IPV6_PKTINFO) and GRO segment size from cmsgs."""
+    dst = None
+    seg = 0
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            dst = socket.inet_ntop(socket.AF_INET, data[8:12])  # ipi_addr (header dst)
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
+            dst = socket.inet_ntop(socket.AF_INET6, data[:16])
+        elif level == SOL_UDP and kind == UDP_GRO:
+            seg = _I32.unpack_from(data)[0] if len(data) >= 4 else _U16.unpack_from(data)[0]
+    return dst, seg
+
+
+def recv_raw4(sock: socket.socket, limit: int) -> list[bytes]:
+    """Up to ``limit`` IPv4 packets (with header) from a raw socket, without blocking."""
+    out: list[bytes] = []
+    recv = sock.recv
+    try:
+        while len(out) < limit:
+            out.append(recv(65535, socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        pass
+    return out
+
+
+def recv_with_addrs(sock: socket.socket, limit: int) -> list[tuple[bytes, str, str]]:
+    """Up to ``limit`` (payload, src, dst) from an IPv6 raw socket or a UDP socket.
+
+    UDP_GRO super-datagrams are split into their segments here.
+    """
+    out: list[tuple[bytes, str, str]] = []
+    family = sock.family
+    recvmsg = sock.recvmsg
+    while len(out) < limit:
+        try:
+            data, anc, _flags, addr = recvmsg(65535, _CMSG_SPACE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        dst, seg = _pktinfo_dst(anc, family)
+        src = addr[0]
+        if dst is None:
+            dst = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        if seg and len(data) > seg:
+            for off in range(0, len(data), seg):
+                out.append((data[off : off + seg], src, dst))
+        else:
+            out.append((data, src, dst))
+    return out
+
+
+def send_gso(sock: socket.socket, datagrams: list[bytes], addr: tuple, *, gso: bool = True) -> int:
+    """Send ``datagrams`` to ``addr``; runs of equal size (the last may be shorter) go out
+    in one ``sendmsg`` with UDP_SEGMENT. Returns the number of system calls made."""
+    calls = 0
+    n = len(datagrams)
+    i = 0
+    sendto = sock.sendto
+    while i < n:
+        size = len(datagrams[i])
+        j = i + 1
+        total = size
+        if gso:
+            while (
+                j < n
+                and j - i < GSO_MAX_SEGMENTS
+                and total + len(datagrams[j]) <= GSO_MAX_BYTES
+                and len(datagrams[j - 1]) == size
+                and len(datagrams[j]) <= size
+            ):
+                total += len(datagrams[j])
+                j += 1
+        try:
+            if j - i == 1:
+                sendto(datagrams[i], addr)
+            else:
+                sock.sendmsg(
+                    [b"".join(datagrams[i:j])], [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, addr
+                )
+        except (BlockingIOError, ConnectionRefusedError):
+            pass  # full buffer or an old ICMP error: the datagrams are lost, as on a wire
+        calls += 1
+        i = j
+    return calls
+
+
+def close_all(socks: Iterable[socket.socket]) -> None:
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
