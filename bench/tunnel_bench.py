@@ -234,12 +234,28 @@ def pyipsec_available() -> str | None:
     return None
 
 
+def wait_dataplanes(procs: dict[str, subprocess.Popen], workdir: Path, mode: str) -> None:
+    """Wait until every data plane runs and has made pyipsec0 (ping alone would also
+    succeed in plaintext before the data plane has installed its rules)."""
+    deadline = time.monotonic() + 20
+    for ns, proc in procs.items():
+        while run(["ip", "link", "show", "pyipsec0"], ns=ns, check=False).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                side = "a" if ns == NS_A else "b"
+                log = (workdir / f"pyipsec-{mode}-{side}.log").read_text(errors="replace")
+                state = "exited" if proc.poll() is not None else "has no pyipsec0 after 20 s"
+                raise Skip(f"pyipsec dataplane in {ns} {state}: {log.strip()[-300:]}")
+            time.sleep(0.1)
+    time.sleep(0.3)  # measure() also checks pyipsec0 carried the bytes: no plaintext figure
+
+
 def bench_pyipsec(mode: str) -> Callable[[Result, argparse.Namespace, Path], None]:
     def bench(result: Result, args: argparse.Namespace, workdir: Path) -> None:
         reason = pyipsec_available()
         if reason:
             raise Skip(reason)
         keys = {"ab": os.urandom(20), "ba": os.urandom(20)}  # AES-128 key + 4-byte salt
+        procs: dict[str, subprocess.Popen] = {}
         with netns_pair(), contextlib.ExitStack() as stack:
             for side, ns in (("a", NS_A), ("b", NS_B)):
                 path = workdir / f"static-{mode}-{side}.yaml"
@@ -249,14 +265,15 @@ def bench_pyipsec(mode: str) -> Callable[[Result, argparse.Namespace, Path], Non
                 log = open(workdir / f"pyipsec-{mode}-{side}.log", "wb")  # noqa: SIM115
                 stack.callback(log.close)
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, PYIPSEC, "dataplane", "--static", str(path)],
+                    ["ip", "netns", "exec", ns, PYIPSEC, "dataplane", "-v", "--static", str(path)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
                 stack.callback(kill_leftovers, ns)
                 stack.callback(stop_process, proc)
+                procs[ns] = proc
             src, dst = (INNER_A, INNER_B) if mode == "tunnel" else (OUTER_A, OUTER_B)
-            time.sleep(0.5)
+            wait_dataplanes(procs, workdir, mode)
             wait_ping(NS_A, src, dst)
             measure(result, src, dst, args, (NS_A, "pyipsec0"))
 
