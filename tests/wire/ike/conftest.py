@@ -82,3 +82,9 @@ def cipher_pair(request):
 def aead_cipher():
     """The AeadTestCipher class, to build ciphers with chosen keys."""
     return AeadTestCipher
+
+
+@pytest.fixture
+def cbc_cipher():
+    """The CbcHmacTestCipher class, to build ciphers with chosen keys."""
+    return CbcHmacTestCipher
