@@ -89,8 +89,13 @@ def make_ca(
     now: _dt.datetime = NOW,
     days: int = 3650,
     path_len: int | None = None,
+    key_usage: str = "full",
 ) -> CertKey:
-    """A self-signed root (``issuer`` None) or an intermediate CA signed by ``issuer``."""
+    """A self-signed root (``issuer`` None) or an intermediate CA signed by ``issuer``.
+
+    ``key_usage``: ``full`` (keyCertSign, cRLSign, digitalSignature), ``none`` (no KeyUsage
+    extension, as a plain ``openssl req -x509`` CA) or ``no-certsign`` (invalid for a CA).
+    """
     key = new_key(kind, label=cn)
     subject = _name(cn)
     signer_key = key if issuer is None else issuer.key
@@ -105,22 +110,23 @@ def make_ca(
         .not_valid_before(now - _dt.timedelta(days=1))
         .not_valid_after(now + _dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_len), critical=True)
-        .add_extension(
+        .add_extension(ski, critical=False)
+    )
+    if key_usage != "none":
+        b = b.add_extension(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=True,
+                key_cert_sign=key_usage == "full",
                 crl_sign=True,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(ski, critical=False)
-    )
     aki_src = key.public_key() if issuer is None else issuer.key.public_key()
     b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(aki_src), critical=False)
     return CertKey(b.sign(signer_key, _sign_hash(signer_key)), key)

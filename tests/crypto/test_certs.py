@@ -98,6 +98,20 @@ def test_expired_intermediate(pki: Pki) -> None:
     assert reason(ei).startswith("expired")
 
 
+def test_ca_without_key_usage_accepted() -> None:
+    root = make_ca("bare root", "p256", key_usage="none")
+    ee = make_ee(root, "p256", dns=["gw.example"])
+    CertValidator([root.cert]).validate(ee.cert, [], NOW, (IdType.FQDN, b"gw.example"))
+
+
+def test_ca_key_usage_without_certsign_rejected() -> None:
+    root = make_ca("crippled root", "p256", key_usage="no-certsign")
+    ee = make_ee(root, "p256", dns=["gw.example"])
+    with pytest.raises(ProtocolError) as ei:
+        CertValidator([root.cert]).validate(ee.cert, [], NOW)
+    assert reason(ei).startswith(("bad certificate", "untrusted"))
+
+
 def test_revoked_by_crl(pki: Pki) -> None:
     ee = pki.issue("p256", dns=["gw.example"])
     good = pki.issue("p256", dns=["gw.example"])

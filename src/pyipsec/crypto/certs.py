@@ -16,6 +16,9 @@ extension policy is the webpki default with two IKE adjustments:
 * SubjectAlternativeName may be absent (a DER_ASN1_DN identity needs none);
 * KeyUsage, if present, must allow digitalSignature (or nonRepudiation) and not keyCertSign.
 
+and for CA certificates one: KeyUsage may be absent (plain ``openssl req -x509`` CAs have
+none); if present it must allow keyCertSign.
+
 Identity binding (RFC 4945 3.1): IPV4_ADDR/IPV6_ADDR must equal a SAN iPAddress, FQDN a SAN
 dNSName (case-insensitive), RFC822_ADDR a SAN rfc822Name (case-insensitive), DER_ASN1_DN the
 certificate's subject DN (DER equality). KEY_ID cannot be bound to a certificate and fails.
@@ -93,6 +96,17 @@ def _ku_validator(policy: Any, cert: x509.Certificate, ext: Any) -> None:
         raise ValueError("end-entity certificate with keyCertSign")
 
 
+def _ca_ku_validator(policy: Any, cert: x509.Certificate, ext: Any) -> None:
+    if ext is not None and not ext.key_cert_sign:
+        raise ValueError("CA certificate whose key usage lacks keyCertSign")
+
+
+def _ca_policy() -> ExtensionPolicy:
+    return ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.KeyUsage, Criticality.AGNOSTIC, _ca_ku_validator
+    )
+
+
 def _ee_policy() -> ExtensionPolicy:
     return (
         ExtensionPolicy.webpki_defaults_ee()
@@ -147,6 +161,7 @@ class CertValidator:
         self._revoked = frozenset(revoked_serials)
         self._depth = max_chain_depth
         self._ee = _ee_policy()
+        self._ca = _ca_policy()
         self._counts = dict.fromkeys(
             (
                 "validated",
@@ -216,7 +231,7 @@ class CertValidator:
             .store(self._store)
             .time(when)
             .max_chain_depth(self._depth)
-            .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=self._ee)
+            .extension_policies(ca_policy=self._ca, ee_policy=self._ee)
             .build_client_verifier()
         )
         try:
