@@ -223,3 +223,27 @@ def test_hash_algorithm_negotiation() -> None:
         sign(new_key("ed25519"), OCTETS, H.SHA2_256)
     with pytest.raises(ConfigError):
         sign(new_key("p256"), OCTETS, H.SHA1)
+
+
+def test_rsa_pss_parameter_variants_parsed() -> None:
+    """Peers encode RSASSA-PSS parameters differently: without trailerField, other salt."""
+    key = new_key("rsa2048")
+    no_trailer = bytes.fromhex(
+        "304106092a864886f70d01010a3034a00f300d06096086480165030402010500a11c301a06092a8648"
+        "86f70d010108300d06096086480165030402010500a203020120"
+    )
+    sig = key.sign(
+        OCTETS, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256()
+    )
+    verify(key.public_key(), OCTETS, 14, bytes([len(no_trailer)]) + no_trailer + sig)
+    salt20 = no_trailer[:-1] + b"\x14"
+    sig20 = key.sign(
+        OCTETS, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=20), hashes.SHA256()
+    )
+    verify(key.public_key(), OCTETS, 14, bytes([len(salt20)]) + salt20 + sig20)
+    with pytest.raises(ProtocolError):  # salt length in the parameters is enforced
+        verify(key.public_key(), OCTETS, 14, bytes([len(salt20)]) + salt20 + sig)
+    # Absent parameters mean SHA-1 defaults (RFC 4055): refused.
+    bare = bytes.fromhex("300b06092a864886f70d01010a")
+    with pytest.raises(ProtocolError):
+        verify(key.public_key(), OCTETS, 14, bytes([len(bare)]) + bare + sig)
