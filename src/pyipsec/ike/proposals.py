@@ -382,3 +382,105 @@ def child_key_sizes(chosen: Chosen) -> tuple[int, int]:
         eid, bits = chosen.encr
         enc = _ENCR_KEY[EncrId(eid)](bits or 0)
     return enc, _INTEG_KEY[IntegId(chosen.integ)]
+
+
+# --------------------------------------------------------------------------- wire conversion
+
+_KW_ENCR = {v: k for k, v in reversed(list(_ENCR.items())) if k != "aes"}
+_KW_PRF = {v: k for k, v in _PRF.items()}
+_KW_KE = {v: k for k, v in reversed(list(KE_KEYWORDS.items()))}
+
+
+def describe(chosen: Chosen) -> str:
+    """strongSwan-style keyword of a chosen proposal, e.g. "aes128gcm16-prfsha256-x25519"."""
+    parts: list[str] = []
+    rank = {TransformType.ENCR: 0, TransformType.INTEG: 1, TransformType.PRF: 2}
+    for t, i, k in sorted(chosen.transforms, key=lambda x: (rank.get(x[0], 3), x[0])):
+        if t == TransformType.ENCR:
+            parts.append(_KW_ENCR.get((i, k), f"encr{i}"))
+        elif t == TransformType.PRF:
+            parts.append(_KW_PRF.get(i, f"prf{i}"))
+        elif t == TransformType.INTEG:
+            parts.append(_INTEG_KW.get(i, f"integ{i}"))
+        elif t == TransformType.KE:
+            parts.append(_KW_KE.get(i, f"ke{i}"))
+        elif t == TransformType.ESN:
+            parts.append("esn" if i == EsnId.ESN else "noesn")
+        else:
+            parts.append(f"ke{t - TransformType.ADDKE1 + 1}_{_KW_KE.get(i, i)}")
+    return "-".join(parts)
+
+
+def prefer_ke(specs: list[ProposalSpec], ke_id: int) -> list[ProposalSpec]:
+    """Our proposals with ``ke_id`` moved first among the KE alternatives, so that the
+    initiator's KE payload group wins whenever we accept it (avoids INVALID_KE_PAYLOAD)."""
+    out = []
+    for s in specs:
+        ts = []
+        for t, algs in s.transforms:
+            if t == TransformType.KE and (ke_id, None) in algs:
+                algs = ((ke_id, None),) + tuple(a for a in algs if a != (ke_id, None))
+            ts.append((t, algs))
+        out.append(ProposalSpec(s.protocol, tuple(ts), s.keyword))
+    return out
+
+
+def to_sa_payload(specs: list[ProposalSpec], spi: bytes = b"") -> object:
+    """SA payload offering ``specs`` (numbered from 1) with our SPI."""
+    from pyipsec.wire.ike import Proposal, SaPayload, Transform
+
+    return SaPayload(
+        [
+            Proposal(n, s.protocol, spi, [Transform(t, i, k) for t, i, k in s.flat()])
+            for n, s in enumerate(specs, start=1)
+        ]
+    )
+
+
+def chosen_sa_payload(chosen: Chosen, spi: bytes = b"") -> object:
+    """SA payload carrying the one selected proposal (initiator's number, our SPI)."""
+    from pyipsec.wire.ike import Proposal, SaPayload, Transform
+
+    return SaPayload(
+        [
+            Proposal(
+                chosen.number,
+                chosen.protocol,
+                spi,
+                [Transform(t, i, k) for t, i, k in chosen.transforms],
+            )
+        ]
+    )
+
+
+def from_sa_payload(sa: object) -> list[tuple[int, int, bytes, list[TransformSpec]]]:
+    """Received proposals as (number, protocol, spi, transforms); transforms with unknown
+    attributes are left out (RFC 7296 3.3.6: such a transform must not be selected)."""
+    out = []
+    for p in sa.proposals:  # type: ignore[attr-defined]
+        transforms = [
+            (int(t.type), int(t.id), t.key_length)
+            for t in p.transforms
+            if not getattr(t, "other_attributes", ())
+        ]
+        out.append((int(p.num), int(p.protocol_id), bytes(p.spi), transforms))
+    return out
+
+
+def chosen_from_response(sa: object) -> Chosen:
+    """The single proposal of a responder's SA payload (INVALID_SYNTAX if not exactly one,
+    or if a transform type repeats)."""
+    props = from_sa_payload(sa)
+    if len(props) != 1:
+        raise ProtocolError("response must carry one proposal", notify=NotifyType.INVALID_SYNTAX)
+    num, proto, spi, transforms = props[0]
+    types = [t for t, _, _ in transforms]
+    if len(set(types)) != len(types):
+        raise ProtocolError(
+            "response proposal repeats a transform type", notify=NotifyType.INVALID_SYNTAX
+        )
+    try:
+        protocol = ProtocolId(proto)
+    except ValueError:
+        raise ProtocolError("unknown protocol", notify=NotifyType.INVALID_SYNTAX) from None
+    return Chosen(protocol, num, spi, tuple(transforms))

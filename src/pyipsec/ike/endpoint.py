@@ -1,0 +1,374 @@
+"""IkeEndpoint: the sans-I/O IKEv2 engine for one local identity/socket.
+
+Bytes and time go in, bytes, timers and events come out (the aioquic/h11 pattern)::
+
+    ep = IkeEndpoint(EndpointConfig(peers=(...,)))
+    handle = ep.initiate(peer_config, child_config, now)
+    for data, addr in ep.datagrams_to_send(now): sock.sendto(data, addr)
+    ep.receive_datagram(data, addr, now)             # from the socket
+    ep.handle_timer(now) once now >= ep.get_timer()
+    while (event := ep.next_event()) is not None: ...
+
+``now`` is wall-clock seconds (time.time()): only differences matter, except that
+certificate validity is checked against it. Datagrams for the NAT-T port 4500 get no
+non-ESP marker here; a datagram received with the 4-byte marker has it stripped.
+
+IKE SAs are named by a *handle* (an int) that stays the same when the IKE SA is rekeyed.
+Child SA commands take the handle and either the child's name or its inbound SPI.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+from pyipsec.errors import ConfigError, PyipsecError
+from pyipsec.ike.child_sa import ChildSa, ChildSaStatistics
+from pyipsec.ike.config import ChildConfig, EndpointConfig, PeerConfig
+from pyipsec.ike.cookies import CookieJar
+from pyipsec.ike.events import IkeEvent
+from pyipsec.ike.ike_sa import IkeSa, IkeSaStatistics
+from pyipsec.ike.state import ChildState, IkeState
+from pyipsec.wire.iana import ExchangeType
+from pyipsec.wire.ike import pull_header, pull_message
+
+NON_ESP_MARKER = b"\0\0\0\0"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatistics:
+    """Snapshot of an endpoint: SA counts and the counters (name, value), sorted by name.
+
+    Counters include datagrams_in/out, malformed, packets_not_authenticated,
+    invalid_message_ids, unexpected_responses, retransmits, retransmitted_requests,
+    timeouts, cookies_sent, auth_failures, handshakes, child_sas_installed, ike_rekeys,
+    rekey_collisions, dpd_sent, fragmented_messages, unknown_spi.
+    """
+
+    ike_sas: int
+    half_open: int
+    established: int
+    child_sas: int
+    counters: tuple[tuple[str, int], ...]
+
+    def counter(self, name: str) -> int:
+        return dict(self.counters).get(name, 0)
+
+
+class IkeEndpoint:
+    """All IKE SAs of one local endpoint. ``rng``: a random.Random-like object used for
+    SPIs, nonces, cookie secrets and jitter (tests pass a seeded one); default os.urandom."""
+
+    def __init__(self, local_config: EndpointConfig, rng: Any = None) -> None:
+        self.config = local_config
+        self._rng = rng
+        self._jit = rng if rng is not None else random.SystemRandom()
+        self.stats: Counter[str] = Counter()
+        self.cookies = CookieJar(local_config.cookie_secret_lifetime, self._randbytes)
+        self._by_spi: dict[bytes, IkeSa] = {}
+        self._by_handle: dict[int, IkeSa] = {}
+        self._half_open: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}
+        self._init_seen: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}
+        self._child_spis: set[int] = set()
+        self._outbox: list[tuple[bytes, tuple[str, int]]] = []
+        self._events: deque[IkeEvent] = deque()
+        self._next_handle = 1
+
+    def __repr__(self) -> str:
+        return f"IkeEndpoint({len(self._by_handle)} IKE SAs)"
+
+    # ------------------------------------------------------------------ sans-I/O interface
+    def receive_datagram(
+        self,
+        data: bytes,
+        addr: tuple[str, int],
+        now: float,
+        local_addr: tuple[str, int] | None = None,
+    ) -> None:
+        """Feed one UDP payload received from ``addr``. Bad input is counted and dropped."""
+        self.stats["datagrams_in"] += 1
+        if data == b"\xff":  # NAT-T keepalive
+            self.stats["keepalives"] += 1
+            return
+        if data[:4] == NON_ESP_MARKER:
+            data = data[4:]
+        try:
+            header = pull_header(data)
+        except PyipsecError:
+            self.stats["malformed"] += 1
+            return
+        if header.exchange_type == ExchangeType.IKE_SA_INIT:
+            self._receive_init(data, header, addr, now, local_addr)
+            return
+        spi = header.spi_r if header.initiator else header.spi_i
+        sa = self._by_spi.get(spi)
+        if sa is None or (sa.spi_i, sa.spi_r) != (header.spi_i, header.spi_r):
+            self.stats["unknown_spi"] += 1
+            return
+        sa.receive(data, header, addr, now)
+
+    def _receive_init(
+        self,
+        data: bytes,
+        header: Any,
+        addr: tuple[str, int],
+        now: float,
+        local_addr: tuple[str, int] | None,
+    ) -> None:
+        from pyipsec.ike.exchanges import ike_sa_init
+
+        if header.response:
+            sa = self._by_spi.get(header.spi_i)
+            if sa is None or not sa.initiator or sa.state != IkeState.INIT_SENT:
+                self.stats["unexpected_responses"] += 1
+                return
+            try:
+                msg = pull_message(data)
+            except PyipsecError:
+                self.stats["malformed"] += 1
+                return
+            sa.receive_init_response(data, msg, now)
+            return
+        if header.spi_r != b"\0" * 8 or header.message_id != 0:
+            self.stats["malformed"] += 1
+            return
+        seen = self._init_seen.get((header.spi_i, addr))
+        if seen is not None:
+            if data == seen.init_request and seen.last_response and seen.last_response[0] == 0:
+                self.stats["retransmitted_requests"] += 1
+                seen.send_packets(seen.last_response[1])
+            else:
+                self.stats["unexpected_messages"] += 1
+            return
+        try:
+            msg = pull_message(data)
+        except PyipsecError:
+            self.stats["malformed"] += 1
+            return
+        local = local_addr or (self.config.local_addr, self.config.port)
+        ike_sa_init.respond(self, data, msg, addr, local, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
+        """Datagrams produced since the last call, with their destination."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """Absolute time of the next timer, or None."""
+        return min(
+            (t for sa in self._by_spi.values() if (t := sa.next_timer()) is not None), default=None
+        )
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at ``now`` (retransmits, rekeys, expiries, DPD)."""
+        for sa in list(self._by_spi.values()):
+            t = sa.next_timer()
+            if t is not None and t <= now:
+                sa.handle_timer(now)
+
+    def next_event(self) -> IkeEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ commands
+    def initiate(self, peer: PeerConfig, child: ChildConfig | None, now: float) -> int:
+        """Start IKE_SA_INIT with ``peer`` (and ``child`` in IKE_AUTH); returns the handle."""
+        from pyipsec.ike.exchanges.ike_sa_init import IkeSaInitTask
+
+        target = peer.remote_addrs[0]
+        if target == "%any":
+            raise ConfigError("cannot initiate to %any", key="peer.remote_addrs")
+        local = (peer.local_addr or self.config.local_addr, self.config.port)
+        sa = IkeSa(
+            self,
+            self._new_handle(),
+            True,
+            self._new_ike_spi(),
+            b"\0" * 8,
+            peer,
+            local,
+            (target, peer.remote_port),
+            now,
+        )
+        sa.ctx["first_child"] = child
+        self._register(sa)
+        sa.transition("send_init")
+        sa.queue(IkeSaInitTask(peer.default_ke), now)
+        return sa.handle
+
+    def _sa(self, ike_sa: int) -> IkeSa:
+        sa = self._by_handle.get(ike_sa)
+        if sa is None:
+            raise ConfigError(f"no IKE SA {ike_sa}", key="ike_sa")
+        return sa
+
+    def _child(self, sa: IkeSa, child: str | int) -> ChildSa:
+        for c in sa.children:
+            if c.state in (ChildState.INSTALLED, ChildState.REKEYING) and (
+                c.name == child or c.inbound_spi == child
+            ):
+                return c
+        raise ConfigError(f"no Child SA {child!r}", key="child")
+
+    def create_child(self, ike_sa: int, child: ChildConfig, now: float) -> None:
+        """Negotiate an additional Child SA (after IKE_AUTH if still connecting)."""
+        from pyipsec.ike.exchanges.create_child_sa import CreateChildTask
+
+        sa = self._sa(ike_sa)
+        if sa.state in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            sa.queue(CreateChildTask(child), now)
+        else:
+            sa.ctx.setdefault("more_children", []).append(child)
+
+    def rekey_child(self, ike_sa: int, child: str | int, now: float) -> None:
+        """Rekey a Child SA (by name or inbound SPI) now."""
+        from pyipsec.ike.exchanges.create_child_sa import RekeyChildTask
+
+        sa = self._sa(ike_sa)
+        c = self._child(sa, child)
+        if c.state == ChildState.INSTALLED:
+            c.transition("rekey")
+            sa.queue(RekeyChildTask(c), now)
+
+    def rekey_ike(self, ike_sa: int, now: float) -> None:
+        """Rekey the IKE SA now."""
+        from pyipsec.ike.exchanges.rekey_ike import RekeyIkeTask
+
+        sa = self._sa(ike_sa)
+        if not sa.rekey_queued:
+            sa.rekey_queued = True
+            sa.queue(RekeyIkeTask(), now)
+
+    def delete_child(self, ike_sa: int, child: str | int, now: float) -> None:
+        """Delete a Child SA (by name or inbound SPI)."""
+        from pyipsec.ike.exchanges.informational import DeleteChildTask
+
+        sa = self._sa(ike_sa)
+        sa.queue(DeleteChildTask([self._child(sa, child)]), now)
+
+    def delete_ike(self, ike_sa: int, now: float) -> None:
+        """Delete the IKE SA and all its Child SAs."""
+        from pyipsec.ike.exchanges.informational import DeleteIkeTask
+
+        sa = self._sa(ike_sa)
+        if sa.state in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            sa.tasks.clear()
+            sa.queue(DeleteIkeTask(), now)
+        elif sa.state != IkeState.DELETING:
+            sa.close("deleted", now)
+
+    # ------------------------------------------------------------------ introspection
+    def ike_sas(self) -> list[IkeSaStatistics]:
+        return [sa.statistics() for sa in self._by_handle.values()]
+
+    def child_sas(self, ike_sa: int) -> list[ChildSaStatistics]:
+        return [c.statistics() for c in self._sa(ike_sa).children]
+
+    def statistics(self) -> EndpointStatistics:
+        sas = list(self._by_handle.values())
+        return EndpointStatistics(
+            ike_sas=len(sas),
+            half_open=len(self._half_open),
+            established=sum(sa.state == IkeState.ESTABLISHED for sa in sas),
+            child_sas=sum(len(sa.children) for sa in sas),
+            counters=tuple(sorted(self.stats.items())),
+        )
+
+    # ------------------------------------------------------------------ internal (IkeSa)
+    def _emit(self, event: IkeEvent) -> None:
+        self._events.append(event)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.stats["datagrams_out"] += 1
+        self._outbox.append((data, addr))
+
+    def _randbytes(self, n: int) -> bytes:
+        return self._rng.randbytes(n) if self._rng is not None else os.urandom(n)
+
+    def _jitter(self) -> float:
+        return self._jit.random()
+
+    def _new_handle(self) -> int:
+        h = self._next_handle
+        self._next_handle += 1
+        return h
+
+    def _new_ike_spi(self) -> bytes:
+        while True:
+            spi = self._randbytes(8)
+            if spi != b"\0" * 8 and spi not in self._by_spi:
+                return spi
+
+    def _alloc_spi(self) -> int:
+        while True:
+            spi = int.from_bytes(self._randbytes(4), "big")
+            if spi >= 256 and spi not in self._child_spis:
+                self._child_spis.add(spi)
+                return spi
+
+    def _release_spi(self, spi: int) -> None:
+        self._child_spis.discard(spi)
+
+    def _register(
+        self, sa: IkeSa, half_open_key: tuple[bytes, tuple[str, int]] | None = None
+    ) -> None:
+        self._by_spi[sa.local_spi] = sa
+        self._by_handle.setdefault(sa.handle, sa)
+        if half_open_key is not None:
+            self._half_open[half_open_key] = sa
+            self._init_seen[half_open_key] = sa
+            sa.ctx["half_open_key"] = half_open_key
+
+    def _replace(self, old: IkeSa, new: IkeSa) -> None:
+        self._by_handle[old.handle] = new
+
+    def _current(self, handle: int) -> IkeSa | None:
+        return self._by_handle.get(handle)
+
+    def _forget(self, sa: IkeSa) -> None:
+        if self._by_spi.get(sa.local_spi) is sa:
+            del self._by_spi[sa.local_spi]
+        key = sa.ctx.get("half_open_key")
+        if key is not None:
+            self._half_open.pop(key, None)
+            if self._init_seen.get(key) is sa:
+                del self._init_seen[key]
+
+    def _release_handle(self, handle: int, sa: IkeSa) -> None:
+        if self._by_handle.get(handle) is sa:
+            del self._by_handle[handle]
+
+    def _established(self, sa: IkeSa) -> None:
+        self.stats["handshakes"] += 1
+        key = sa.ctx.get("half_open_key")
+        if key is not None:
+            self._half_open.pop(key, None)
+
+    def _first_contact(self, sa: IkeSa) -> bool:
+        return not any(
+            o is not sa and o.peer is sa.peer and o.state == IkeState.ESTABLISHED
+            for o in self._by_handle.values()
+        )
+
+    def _initial_contact(self, sa: IkeSa, now: float) -> None:
+        """INITIAL_CONTACT: the peer lost its state; drop our older SAs with it (2.4)."""
+        for other in list(self._by_handle.values()):
+            if (
+                other is not sa
+                and other.peer is sa.peer
+                and other.remote_identity == sa.remote_identity
+                and other.state in (IkeState.ESTABLISHED, IkeState.REKEYING)
+            ):
+                self.stats["initial_contact_replaced"] += 1
+                other.close("replaced", now)
+
+    def _start_children(self, sa: IkeSa, now: float) -> None:
+        from pyipsec.ike.exchanges.create_child_sa import CreateChildTask
+
+        for child in sa.ctx.pop("more_children", []):
+            sa.queue(CreateChildTask(child), now)
+
+    def _force_encap(self, sa: IkeSa) -> bool:
+        return False

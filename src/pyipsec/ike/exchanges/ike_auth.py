@@ -1,0 +1,180 @@
+"""IKE_AUTH (RFC 7296 section 1.2): identities, authentication, the first Child SA.
+
+Initiator sends IDi, [CERT], [CERTREQ], [IDr], AUTH, [N(INITIAL_CONTACT)], SA, TSi, TSr,
+[N(USE_TRANSPORT_MODE)]; the responder verifies, answers IDr, [CERT], AUTH and the Child SA
+(or an error notify for the Child SA only: the IKE SA still comes up, RFC 7296 2.21.1).
+A failed authentication yields AUTHENTICATION_FAILED on both sides and nothing installed:
+the responder answers only that notify; an initiator that rejects the responder sends an
+INFORMATIONAL AUTHENTICATION_FAILED notification and drops the SA.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pyipsec.errors import ProtocolError
+from pyipsec.ike.auth import certreq_payloads, local_auth_payloads, verify_peer
+from pyipsec.ike.events import AuthenticationFailed, IkeSaUp, NegotiationFailed
+from pyipsec.ike.exchanges import Task, error_notify, has_notify, notify
+from pyipsec.ike.exchanges.create_child_sa import (
+    ChildRequest,
+    complete_initiator_child,
+    respond_child,
+)
+from pyipsec.ike.proposals import describe
+from pyipsec.wire.iana import ExchangeType, NotifyType
+from pyipsec.wire.ike import AuthPayload, CertPayload, IdPayload, Message, SaPayload
+
+if TYPE_CHECKING:
+    from pyipsec.ike.ike_sa import IkeSa
+
+
+def established(sa: IkeSa, now: float) -> None:
+    """Bookkeeping shared by both roles once IKE_AUTH succeeded."""
+    assert sa.peer is not None
+    sa.established_at = now
+    sa.half_open_deadline = None
+    jitter = sa.peer.jitter * sa.endpoint._jitter()
+    sa.rekey_at = now + sa.peer.rekey_time - jitter
+    sa.expire_at = now + sa.peer.hard_life
+    sa.endpoint._established(sa)
+    sa.emit(
+        IkeSaUp(
+            sa.handle,
+            sa.peer.name,
+            sa.local_identity,
+            sa.remote_identity,
+            sa.local_addr,
+            sa.remote_addr,
+            sa.initiator,
+            sa.spi_i.hex(),
+            sa.spi_r.hex(),
+            describe(sa.chosen) if sa.chosen else "",
+        )
+    )
+
+
+def _split(
+    msg: Message, initiator_ids: bool
+) -> tuple[IdPayload | None, list[CertPayload], AuthPayload | None]:
+    ids = [p for p in msg.find_all(IdPayload) if p.initiator == initiator_ids]
+    return (ids[0] if ids else None), msg.find_all(CertPayload), msg.find(AuthPayload)
+
+
+class IkeAuthTask(Task):
+    """Initiator side of IKE_AUTH."""
+
+    exchange = ExchangeType.IKE_AUTH
+    name = "ike_auth"
+
+    def __init__(self) -> None:
+        self.child: ChildRequest | None = None
+
+    def build(self, sa: IkeSa, now: float) -> list[Any]:
+        assert sa.peer is not None
+        sa.transition("send_auth")
+        sa.ctx["auth_mid"] = sa.next_request_id
+        idp, certs, auth = local_auth_payloads(sa, True)
+        payloads: list[Any] = [idp, *certs, *certreq_payloads(sa.peer.remote_auth)]
+        if sa.peer.remote_id:
+            from pyipsec.ike.config import Identity
+
+            want = Identity.parse(sa.peer.remote_id)
+            payloads.append(IdPayload(want.id_type, want.data, False))
+        payloads.append(auth)
+        if sa.peer.send_initial_contact and sa.endpoint._first_contact(sa):
+            payloads.append(notify(NotifyType.INITIAL_CONTACT))
+        cfg = sa.ctx.pop("first_child", None)
+        if cfg is not None:
+            self.child = ChildRequest(sa, cfg, sa.ni, pfs=False)
+            payloads += self.child.payloads()
+        return payloads
+
+    def process(self, sa: IkeSa, msg: Message, now: float) -> None:
+        err = error_notify(msg)
+        idp, certs, auth = _split(msg, False)
+        try:
+            if err is not None and err.notify_type == NotifyType.AUTHENTICATION_FAILED:
+                raise ProtocolError(
+                    "peer rejected our authentication", notify=NotifyType.AUTHENTICATION_FAILED
+                )
+            if idp is None or auth is None:
+                code = err.notify_type if err is not None else NotifyType.INVALID_SYNTAX
+                raise ProtocolError(f"IKE_AUTH failed (notify {code})", notify=code)
+            sa.remote_identity = verify_peer(sa, idp, certs, auth, now)
+        except ProtocolError as exc:
+            if self.child is not None:
+                self.child.release()
+            if exc.notify == NotifyType.AUTHENTICATION_FAILED:
+                sa.endpoint.stats["auth_failures"] += 1
+                sa.emit(AuthenticationFailed(sa.handle, sa.peer_name, sa.remote_addr, str(exc)))
+                if idp is not None:  # they accepted us, we reject them: tell them
+                    sa.send_oneway(
+                        ExchangeType.INFORMATIONAL, [notify(NotifyType.AUTHENTICATION_FAILED)]
+                    )
+            else:
+                sa.emit(NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc)))
+            sa.close("failed", now)
+            return
+        sa.transition("recv_auth_response")
+        established(sa, now)
+        if self.child is not None:
+            if msg.find(SaPayload) is None:
+                self.child.release()
+                code = err.notify_type if err is not None else NotifyType.NO_PROPOSAL_CHOSEN
+                sa.emit(
+                    NegotiationFailed(
+                        sa.handle, sa.peer_name, code, "first Child SA refused", self.child.cfg.name
+                    )
+                )
+            else:
+                complete_initiator_child(sa, self.child, msg, sa.nr, None, now)
+        sa.endpoint._start_children(sa, now)
+
+    def abort(self, sa: IkeSa, now: float) -> None:
+        if self.child is not None:
+            self.child.release()
+
+
+def respond(sa: IkeSa, msg: Message, now: float) -> list[Any] | None:
+    """Responder side of IKE_AUTH."""
+    if not sa.allows("recv_auth_request"):
+        from pyipsec.errors import StateError
+
+        raise StateError(role=sa.role, state=sa.state.value, event="recv_auth_request")
+    idp, certs, auth = _split(msg, True)
+    if idp is None or auth is None:
+        raise ProtocolError("IKE_AUTH without IDi or AUTH", notify=NotifyType.INVALID_SYNTAX)
+    sa.ctx["auth_mid"] = msg.message_id
+    try:
+        sa.remote_identity = verify_peer(sa, idp, certs, auth, now)
+    except ProtocolError as exc:
+        sa.endpoint.stats["auth_failures"] += 1
+        sa.emit(AuthenticationFailed(sa.handle, sa.peer_name, sa.remote_addr, str(exc)))
+        sa.ctx["after_response"] = lambda t: sa.close("failed", t, event=False)
+        return [notify(NotifyType.AUTHENTICATION_FAILED)]
+    own_id, own_certs, own_auth = local_auth_payloads(sa, False)
+    payloads: list[Any] = [own_id, *own_certs, own_auth]
+    sa.transition("recv_auth_request")
+    if has_notify(msg, NotifyType.INITIAL_CONTACT):
+        sa.endpoint._initial_contact(sa, now)
+    established(sa, now)
+    if msg.find(SaPayload) is not None:
+        try:
+            payloads += respond_child(sa, msg, sa.ni, sa.nr, now, pfs=False)
+        except ProtocolError as exc:
+            code = exc.notify or NotifyType.NO_PROPOSAL_CHOSEN
+            sa.emit(NegotiationFailed(sa.handle, sa.peer_name, code, str(exc)))
+            payloads.append(notify(code))
+    return payloads
+
+
+def auth_failed_notification(sa: IkeSa, now: float) -> None:
+    """The initiator told us it rejects our AUTH: drop the SA."""
+    sa.endpoint.stats["auth_failures"] += 1
+    sa.emit(
+        AuthenticationFailed(
+            sa.handle, sa.peer_name, sa.remote_addr, "peer rejected our authentication"
+        )
+    )
+    sa.close("failed", now)

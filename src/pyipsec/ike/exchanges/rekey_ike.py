@@ -1,0 +1,183 @@
+"""IKE SA rekeying with CREATE_CHILD_SA (RFC 7296 sections 1.3.2 and 2.18).
+
+The initiator sends SA (protocol IKE, its new SPI), Ni, KEi; the responder answers SA (its
+new SPI), Nr, KEr. The new IKE SA's keys: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr);
+its "original initiator" is the initiator of the rekey. The Child SAs move to the new IKE
+SA; the initiator of the rekey then deletes the old IKE SA. A rekey request that collides
+with our own outstanding one is refused with TEMPORARY_FAILURE and both sides retry after
+a random delay (the jittered retry makes one of them win).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pyipsec.crypto.ike_ciphers import sk_cipher
+from pyipsec.crypto.ike_keys import rekey_ike_keys
+from pyipsec.crypto.ke import ke_by_id
+from pyipsec.errors import ProtocolError
+from pyipsec.ike.events import IkeSaRekeyed, NegotiationFailed
+from pyipsec.ike.exchanges import Task, error_notify
+from pyipsec.ike.exchanges.create_child_sa import NONCE_SIZE, _InvalidKe
+from pyipsec.ike.proposals import (
+    check_chosen,
+    child_key_sizes,
+    chosen_from_response,
+    chosen_sa_payload,
+    prefer_ke,
+    select_proposal,
+    to_sa_payload,
+)
+from pyipsec.wire.iana import ExchangeType, NotifyType, ProtocolId
+from pyipsec.wire.ike import KePayload, Message, NoncePayload, SaPayload
+
+if TYPE_CHECKING:
+    from pyipsec.ike.ike_sa import IkeSa
+
+
+class RekeyIkeTask(Task):
+    """Initiator: rekey the IKE SA."""
+
+    exchange = ExchangeType.CREATE_CHILD_SA
+    name = "rekey_ike"
+
+    def build(self, sa: IkeSa, now: float) -> list[Any] | None:
+        assert sa.peer is not None and sa.chosen is not None
+        if not sa.allows("rekey_ike") or sa.state.value != "established":
+            sa.rekey_queued = False
+            return None
+        sa.transition("rekey_ike")
+        self.spi = sa.endpoint._new_ike_spi()
+        self.ni = sa.rand(NONCE_SIZE)
+        self.ke_id = sa.chosen.ke or sa.peer.default_ke
+        self.kx = ke_by_id(self.ke_id).new()
+        self.specs = prefer_ke(sa.peer.proposals(), self.ke_id)
+        return [
+            to_sa_payload(self.specs, self.spi),
+            NoncePayload(self.ni),
+            KePayload(self.ke_id, self.kx.public_value()),
+        ]
+
+    def process(self, sa: IkeSa, msg: Message, now: float) -> None:
+        err = error_notify(msg)
+        sa_p, nonce, ke = msg.find(SaPayload), msg.find(NoncePayload), msg.find(KePayload)
+        try:
+            if err is not None:
+                raise ProtocolError(f"IKE rekey refused: {err.notify_type}", notify=err.notify_type)
+            if sa_p is None or nonce is None or ke is None or ke.group != self.ke_id:
+                raise ProtocolError("bad IKE rekey response", notify=NotifyType.INVALID_SYNTAX)
+            chosen = chosen_from_response(sa_p)
+            check_chosen(self.specs, chosen)
+            if chosen.protocol != ProtocolId.IKE or len(chosen.spi) != 8:
+                raise ProtocolError("bad IKE rekey proposal", notify=NotifyType.INVALID_SYNTAX)
+            shared = self.kx.complete(ke.data)
+        except ProtocolError as exc:
+            sa.transition("rekey_failed")
+            sa.rekey_queued = False
+            sa.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
+            sa.emit(NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc)))
+            return
+        new = make_rekeyed_sa(
+            sa, True, self.spi, chosen.spi, chosen, self.ni, nonce.data, shared, now
+        )
+        from pyipsec.ike.exchanges.informational import DeleteIkeTask
+
+        sa.queue(DeleteIkeTask(rekeyed=True), now)
+        new.kick(now)
+
+    def abort(self, sa: IkeSa, now: float) -> None:
+        pass
+
+
+def make_rekeyed_sa(
+    old: IkeSa,
+    initiator: bool,
+    spi_ours: bytes,
+    spi_theirs: bytes,
+    chosen: Any,
+    ni: bytes,
+    nr: bytes,
+    shared: bytes,
+    now: float,
+) -> IkeSa:
+    """Create the successor IKE SA (RFC 7296 2.18) and move the Child SAs to it."""
+    from pyipsec.ike.ike_sa import IkeSa
+
+    assert old.keys is not None and old.chosen is not None and old.peer is not None
+    spi_i, spi_r = (spi_ours, spi_theirs) if initiator else (spi_theirs, spi_ours)
+    new = IkeSa(
+        old.endpoint,
+        old.handle,
+        initiator,
+        spi_i,
+        spi_r,
+        old.peer,
+        old.local_addr,
+        old.remote_addr,
+        now,
+    )
+    enc_len, integ_len = child_key_sizes(chosen)
+    keys = rekey_ike_keys(
+        chosen.prf,
+        old.keys.sk_d,
+        shared,
+        ni,
+        nr,
+        spi_i,
+        spi_r,
+        enc_len,
+        integ_len,
+        old_prf=old.chosen.prf,
+    )
+    encr = chosen.encr
+    new.chosen = chosen
+    new.ni, new.nr = ni, nr
+    new.set_keys(keys, lambda ek, ak: sk_cipher(encr[0], encr[1], chosen.integ, ek, ak))
+    new.local_identity, new.remote_identity = old.local_identity, old.remote_identity
+    new.peer_fragmentation, new.peer_hash_algs = old.peer_fragmentation, old.peer_hash_algs
+    new.nat_local, new.nat_remote = old.nat_local, old.nat_remote
+    new.transition("established_by_rekey")
+    new.established_at = now
+    new.rekey_at = now + old.peer.rekey_time - old.peer.jitter * old.endpoint._jitter()
+    new.expire_at = now + old.peer.hard_life
+    for child in old.children:
+        child.role = new.role
+    new.children, old.children = old.children, []
+    old.endpoint._register(new)
+    old.endpoint._replace(old, new)
+    old.endpoint.stats["ike_rekeys"] += 1
+    new.emit(
+        IkeSaRekeyed(old.handle, old.spi_i.hex(), old.spi_r.hex(), new.spi_i.hex(), new.spi_r.hex())
+    )
+    return new
+
+
+def respond_rekey_ike(
+    sa: IkeSa,
+    msg: Message,
+    props: list[Any],
+    ni: bytes,
+    nr: bytes,
+    ke: KePayload | None,
+    now: float,
+) -> list[Any]:
+    assert sa.peer is not None
+    if sa.state.value != "established":
+        raise ProtocolError("IKE SA busy", notify=NotifyType.TEMPORARY_FAILURE)
+    if sa.pending is not None and sa.pending.name == "rekey_ike":
+        raise ProtocolError("simultaneous IKE rekey", notify=NotifyType.TEMPORARY_FAILURE)
+    if ke is None:
+        raise ProtocolError("IKE rekey without KE", notify=NotifyType.INVALID_SYNTAX)
+    chosen = select_proposal(prefer_ke(sa.peer.proposals(), ke.group), props)
+    if chosen.ke != ke.group:
+        raise _InvalidKe(chosen.ke or 0)
+    if len(chosen.spi) != 8:
+        raise ProtocolError("bad IKE SPI", notify=NotifyType.INVALID_SYNTAX)
+    value, shared = ke_by_id(ke.group).respond(ke.data)
+    spi = sa.endpoint._new_ike_spi()
+    sa.transition("recv_rekey_ike")
+    payloads = [chosen_sa_payload(chosen, spi), NoncePayload(nr), KePayload(ke.group, value)]
+    sa.ctx["after_response"] = lambda t: make_rekeyed_sa(
+        sa, False, spi, chosen.spi, chosen, ni, nr, shared, t
+    )
+    return payloads
