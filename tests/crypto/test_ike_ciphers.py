@@ -7,6 +7,8 @@ import hmac
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyipsec.crypto.ike_ciphers import encr_key_size, integ_key_size, is_aead, sk_cipher
 from pyipsec.errors import ConfigError, DecryptionError, IntegrityError, PacketError
@@ -218,3 +220,13 @@ def test_repr_has_no_key() -> None:
     key = bytes(range(1, 37))
     c = sk_cipher(EncrId.AES_GCM_16, 256, IntegId.NONE, key)
     assert key.hex() not in repr(c) and "aes256gcm16" in repr(c)
+
+
+_FUZZ = {ident(c): make(*c) for c in COMBOS}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_FUZZ)), st.binary(max_size=200), st.binary(max_size=40))
+def test_fuzz_open_only_raises_packet_error(name: str, body: bytes, aad: bytes) -> None:
+    with pytest.raises(PacketError):
+        _FUZZ[name].open(aad, body)

@@ -6,6 +6,8 @@ import warnings
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyipsec.crypto.ke import KE_NAMES, ke_by_id, ke_by_name, supported_ke_ids
 from pyipsec.errors import ConfigError, ProtocolError
@@ -177,3 +179,19 @@ def test_no_deprecation_warning_in_use() -> None:
 def test_context_repr_has_no_key() -> None:
     kx = ke_by_id(KeId.CURVE25519).new()
     assert kx.public_value().hex() not in repr(kx)
+
+
+_FUZZ_CTX = {k: (ke_by_id(k), ke_by_id(k).new()) for k in ALL}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(ALL), st.data())
+def test_fuzz_peer_values_only_raise_protocol_error(ke_id: KeId, data) -> None:
+    ke, kx = _FUZZ_CTX[ke_id]
+    size = st.sampled_from([0, 1, ke.public_size - 1, ke.public_size, ke.response_size])
+    value = data.draw(size.flatmap(lambda n: st.binary(min_size=n, max_size=n)))
+    for fn in (kx.complete, ke.respond):
+        try:
+            fn(value)
+        except ProtocolError as exc:
+            assert exc.notify == NotifyType.INVALID_SYNTAX

@@ -8,6 +8,8 @@ import hmac
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pki import new_key
 from pyipsec.crypto.prf import Prf
@@ -247,3 +249,37 @@ def test_rsa_pss_parameter_variants_parsed() -> None:
     bare = bytes.fromhex("300b06092a864886f70d01010a")
     with pytest.raises(ProtocolError):
         verify(key.public_key(), OCTETS, 14, bytes([len(bare)]) + bare + sig)
+
+
+_FUZZ_KEYS = {k: new_key(k) for k in ("rsa2048", "p256", "ed25519")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(_FUZZ_KEYS)),
+    st.sampled_from([1, 2, 9, 10, 11, 14, 200]),
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda ai, tail: bytes([len(ai)]) + ai + tail,
+            st.sampled_from([algorithm_identifier(k, a) for (k, a) in RFC7427_BLOBS]),
+            st.binary(max_size=300),
+        ),
+        st.builds(  # mutated PSS blobs exercise the DER reader
+            lambda pos, val, tail: _mutate(RFC7427_BLOBS[("pss", H.SHA2_256)], pos, val) + tail,
+            st.integers(0, 71),
+            st.integers(0, 255),
+            st.binary(max_size=64),
+        ),
+    ),
+)
+def test_fuzz_verify_only_raises_protocol_error(kind: str, method: int, data: bytes) -> None:
+    with pytest.raises(ProtocolError) as ei:
+        verify(_FUZZ_KEYS[kind].public_key(), OCTETS, method, data)
+    assert auth_failed(ei)
+
+
+def _mutate(blob_hex: str, pos: int, val: int) -> bytes:
+    blob = bytearray(bytes.fromhex(blob_hex))
+    blob[pos] = val
+    return bytes([len(blob)]) + bytes(blob)
