@@ -1,0 +1,349 @@
+"""The IPsec Security Association: ESP or AH, one direction's keys, sequence and replay state.
+
+One object serves both directions of use: the sender calls :meth:`encapsulate` (outbound
+sequence numbers), the receiver :meth:`decapsulate` (replay window); in a deployment each
+SA is used in one direction only, as RFC 4301 SAs are unidirectional.
+
+Every rejected packet raises a :class:`pyipsec.errors.PacketError` subclass, is counted
+under the error's ``counter`` and changes nothing else: the replay window is updated and
+the traffic counters grow only after the ICV verified (and the selectors matched).
+
+No clock is read: ``now`` arrives as an argument (the value given at creation when
+omitted for a packet). Keys never appear in ``repr()`` or error messages.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import deque
+from typing import Protocol
+
+from pyipsec.crypto.esp_algorithms import get_algorithm
+from pyipsec.errors import ConfigError, LifetimeExpired, PacketError, SelectorMismatch, UnknownSpi
+from pyipsec.ipsec.ah import AhProcessor
+from pyipsec.ipsec.esp import EspProcessor
+from pyipsec.ipsec.lifetime import (
+    HardLifetimeExpired,
+    Lifetime,
+    LifetimeTracker,
+    SaEvent,
+    SequenceExhausted,
+    SoftLifetimeExpired,
+)
+from pyipsec.ipsec.replay import ReplayWindow
+from pyipsec.ipsec.stats import ERROR_COUNTERS, SaStatistics
+from pyipsec.wire.flow import Flow
+from pyipsec.wire.ip import parse_flow
+
+_II = struct.Struct("!II")
+
+
+class FlowSelector(Protocol):
+    """What an SA needs of its traffic selectors (pyipsec.ipsec.selectors.Selector)."""
+
+    def matches(self, flow: Flow) -> bool: ...
+
+
+def _addr(value: str | bytes | None, name: str) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return ipaddress.ip_address(value).packed
+    except ValueError:
+        raise ConfigError(f"not an IP address: {value!r}", key=name) from None
+
+
+class SecurityAssociation:
+    """An ESP or AH SA (RFC 4301 section 4.4.2)."""
+
+    def __init__(
+        self,
+        spi: int,
+        *,
+        protocol: str = "esp",
+        mode: str = "transport",
+        algorithm: str = "aes128gcm16",
+        key: bytes,
+        tunnel_src: str | bytes | None = None,
+        tunnel_dst: str | bytes | None = None,
+        esn: bool = False,
+        replay_window: int = 64,
+        lifetime: Lifetime | None = None,
+        encap: str | None = None,
+        encap_sport: int = 4500,
+        encap_dport: int = 4500,
+        tfc_padding: int = 0,
+        selectors: FlowSelector | None = None,
+        now: float = 0.0,
+    ) -> None:
+        if not 256 <= spi <= 0xFFFFFFFF:
+            raise ConfigError(f"SPI {spi:#x} out of range (256..2^32-1)", key="spi")
+        if protocol not in ("esp", "ah"):
+            raise ConfigError(f"protocol must be 'esp' or 'ah', not {protocol!r}", key="protocol")
+        if mode not in ("transport", "tunnel"):
+            raise ConfigError(f"mode must be 'transport' or 'tunnel', not {mode!r}", key="mode")
+        if encap not in (None, "udp"):
+            raise ConfigError(f"encap must be None or 'udp', not {encap!r}", key="encap")
+        if encap and protocol == "ah":
+            raise ConfigError(
+                "AH cannot be UDP-encapsulated (RFC 3948 covers ESP only)", key="encap"
+            )
+        src = _addr(tunnel_src, "tunnel_src")
+        dst = _addr(tunnel_dst, "tunnel_dst")
+        if mode == "tunnel":
+            if src is None or dst is None:
+                raise ConfigError("tunnel mode needs tunnel_src and tunnel_dst", key="tunnel_src")
+            if len(src) != len(dst):
+                raise ConfigError("tunnel_src and tunnel_dst differ in family", key="tunnel_dst")
+        if tfc_padding and mode != "tunnel":
+            raise ConfigError("TFC padding needs tunnel mode", key="tfc_padding")
+        if not 0 <= tfc_padding <= 65535:
+            raise ConfigError("TFC padding must be 0..65535", key="tfc_padding")
+        alg = get_algorithm(algorithm, protocol)
+        self.spi = spi
+        self.protocol = protocol
+        self.mode = mode
+        self.algorithm = alg.name
+        self.tunnel_src = (
+            tunnel_src
+            if not isinstance(tunnel_src, bytes)
+            else str(ipaddress.ip_address(tunnel_src))
+        )
+        self.tunnel_dst = (
+            tunnel_dst
+            if not isinstance(tunnel_dst, bytes)
+            else str(ipaddress.ip_address(tunnel_dst))
+        )
+        self.esn = esn
+        self.encap = encap
+        self.selectors = selectors
+        self.weak = alg.weak
+        self._alg = alg
+        if protocol == "esp":
+            self._proc: EspProcessor | AhProcessor = EspProcessor(
+                spi,
+                alg,
+                bytes(key),
+                tunnel=mode == "tunnel",
+                esn=esn,
+                tunnel_src=src,
+                tunnel_dst=dst,
+                encap=encap == "udp",
+                encap_sport=encap_sport,
+                encap_dport=encap_dport,
+                tfc=tfc_padding,
+            )
+        else:
+            self._proc = AhProcessor(
+                spi,
+                alg,
+                bytes(key),
+                tunnel=mode == "tunnel",
+                esn=esn,
+                tunnel_src=src,
+                tunnel_dst=dst,
+            )
+        self._replay = ReplayWindow(replay_window, esn)
+        self._seq_max = (1 << 64) - 1 if esn else (1 << 32) - 1
+        self._seq = 0
+        self._now = now
+        self._life = LifetimeTracker(lifetime, now)
+        self._events: deque[SaEvent] = deque()
+        self._dead = False  # hard lifetime reached or sequence space exhausted
+        self._err = dict.fromkeys(ERROR_COUNTERS, 0)
+        self._conf = alg.confidential
+        self.packets_out = self.bytes_out = self.packets_in = self.bytes_in = 0
+        self.overhead: int = self._proc.overhead()
+
+    def __repr__(self) -> str:
+        return (
+            f"SecurityAssociation(spi={self.spi:#010x}, {self.protocol}, {self.mode}, "
+            f"{self.algorithm}, esn={self.esn}, encap={self.encap})"
+        )
+
+    # ------------------------------------------------------------------ events, lifetime
+
+    def next_event(self) -> SaEvent | None:
+        """The oldest queued event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def _limits(self, reached: list[tuple[str, str]], now: float) -> None:
+        for kind, reason in reached:
+            if kind == "soft":
+                self._events.append(SoftLifetimeExpired(self.spi, reason, now))
+            else:
+                self._dead = True
+                self._events.append(HardLifetimeExpired(self.spi, reason, now))
+
+    def check_lifetime(self, now: float) -> None:
+        """Apply the time-based limits at ``now`` (queues events)."""
+        self._limits(self._life.over_time(now), now)
+
+    def _fail(self, e: PacketError) -> None:
+        self._err[e.counter] = self._err.get(e.counter, 0) + 1
+
+    def _expired(self, now: float | None) -> LifetimeExpired:
+        e = LifetimeExpired(f"SA {self.spi:#010x} expired")
+        self._fail(e)
+        return e
+
+    # ------------------------------------------------------------------ outbound
+
+    def _next_seq(self, now: float | None) -> int:
+        if self._dead:
+            raise self._expired(now)
+        if self._life.lifetime.hard_seconds is not None and now is not None:
+            self.check_lifetime(now)
+            if self._dead:
+                raise self._expired(now)
+        seq = self._seq + 1
+        if seq > self._seq_max:
+            self._dead = True
+            self._events.append(SequenceExhausted(self.spi, self._now if now is None else now))
+            raise self._expired(now)
+        return seq
+
+    def _sent(self, seq: int, n: int, now: float | None) -> None:
+        self._seq = seq
+        self.packets_out += 1
+        self.bytes_out += n
+        life = self._life
+        if self.packets_out >= life.next_packets or self.bytes_out >= life.next_bytes:
+            self._limits(
+                life.over(self.packets_out, self.bytes_out), self._now if now is None else now
+            )
+        if seq == self._seq_max:
+            self._dead = True
+            self._events.append(SequenceExhausted(self.spi, self._now if now is None else now))
+
+    def encapsulate(self, ip_packet: bytes, now: float | None = None) -> bytes:
+        """Protect a whole IPv4/IPv6 packet; the whole outer packet."""
+        seq = self._next_seq(now)
+        try:
+            out = self._proc.encapsulate(ip_packet, seq)
+        except PacketError as e:
+            self._fail(e)
+            raise
+        self._sent(seq, len(ip_packet), now)
+        return out
+
+    def encapsulate_esp(self, ip_packet: bytes, now: float | None = None) -> bytes:
+        """Protect a packet; only the ESP message (SPI .. ICV), for a UDP socket."""
+        if self.protocol != "esp":
+            raise ConfigError("encapsulate_esp needs an ESP SA", key="protocol")
+        seq = self._next_seq(now)
+        try:
+            out = self._proc.encapsulate_esp(ip_packet, seq)
+        except PacketError as e:
+            self._fail(e)
+            raise
+        self._sent(seq, len(ip_packet), now)
+        return out
+
+    # ------------------------------------------------------------------ inbound
+
+    def _accept(self, seq: int, inner: bytes, now: float | None) -> bytes:
+        sel = self.selectors
+        if sel is not None and inner:
+            if not sel.matches(parse_flow(inner)):
+                raise SelectorMismatch(
+                    f"inner packet does not match the selectors of SA {self.spi:#010x}"
+                )
+        self._replay.update(seq)
+        self.packets_in += 1
+        self.bytes_in += len(inner)
+        life = self._life
+        if self.packets_in >= life.next_packets or self.bytes_in >= life.next_bytes:
+            self._limits(
+                life.over(self.packets_in, self.bytes_in), self._now if now is None else now
+            )
+        return inner
+
+    def decapsulate(self, ip_packet: bytes, now: float | None = None) -> bytes:
+        """Verify and unwrap a whole protected packet; the whole inner packet.
+
+        Returns ``b""`` for an ESP dummy packet (next header 59).
+        """
+        try:
+            if self._dead:
+                raise LifetimeExpired(f"SA {self.spi:#010x} expired")
+            if now is not None and self._life.lifetime.hard_seconds is not None:
+                self.check_lifetime(now)
+                if self._dead:
+                    raise LifetimeExpired(f"SA {self.spi:#010x} expired")
+            proc = self._proc
+            off, end, nh_off = proc.locate(ip_packet)
+            spi, seql = _II.unpack_from(ip_packet, off if self.protocol == "esp" else off + 4)
+            if spi != self.spi:
+                raise UnknownSpi(f"SPI {spi:#010x} is not this SA's")
+            replay = self._replay
+            seq = replay.estimate(seql)
+            replay.check(seq)
+            inner = proc.open(ip_packet, off, end, nh_off, seq)
+            return self._accept(seq, inner, now)
+        except PacketError as e:
+            self._fail(e)
+            raise
+
+    def decapsulate_esp(
+        self, esp: bytes, src: str | bytes, dst: str | bytes, now: float | None = None
+    ) -> bytes:
+        """Verify and unwrap a bare ESP message (from a UDP or IPv6 raw socket).
+
+        ``src``/``dst`` are the outer addresses; the result is the whole inner packet.
+        """
+        try:
+            if self.protocol != "esp":
+                raise ConfigError("decapsulate_esp needs an ESP SA", key="protocol")
+            if self._dead:
+                raise LifetimeExpired(f"SA {self.spi:#010x} expired")
+            if now is not None and self._life.lifetime.hard_seconds is not None:
+                self.check_lifetime(now)
+                if self._dead:
+                    raise LifetimeExpired(f"SA {self.spi:#010x} expired")
+            from pyipsec.ipsec.natt import check_esp_payload
+
+            check_esp_payload(esp)
+            spi, seql = _II.unpack_from(esp, 0)
+            if spi != self.spi:
+                raise UnknownSpi(f"SPI {spi:#010x} is not this SA's")
+            s = _addr(src, "src")
+            d = _addr(dst, "dst")
+            seq = self._replay.estimate(seql)
+            self._replay.check(seq)
+            inner = self._proc.open_esp(esp, seq, s, d)
+            return self._accept(seq, inner, now)
+        except PacketError as e:
+            self._fail(e)
+            raise
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics(self) -> SaStatistics:
+        """A frozen snapshot of this SA's counters."""
+        conf = self._conf
+        e = self._err
+        return SaStatistics(
+            spi=self.spi,
+            protocol=self.protocol,
+            mode=self.mode,
+            algorithm=self.algorithm,
+            weak=self.weak,
+            esn=self.esn,
+            encap=self.encap,
+            packets_out=self.packets_out,
+            bytes_out=self.bytes_out,
+            packets_in=self.packets_in,
+            bytes_in=self.bytes_in,
+            confidential_bytes_out=self.bytes_out if conf else 0,
+            confidential_bytes_in=self.bytes_in if conf else 0,
+            authenticated_bytes_out=self.bytes_out,
+            authenticated_bytes_in=self.bytes_in,
+            sequence_out=self._seq,
+            replay_top=self._replay.top,
+            soft_expired=self._life.soft_done,
+            hard_expired=self._dead,
+            created=self._life.created,
+            **e,
+        )
