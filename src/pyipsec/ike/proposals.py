@@ -14,6 +14,7 @@ transform of each type and the initiator's proposal number.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pyipsec.errors import ConfigError, ProtocolError
@@ -120,7 +121,14 @@ class ProposalSpec:
 
 
 def parse_proposal(keyword: str, protocol: ProtocolId, *, key: str = "proposals") -> ProposalSpec:
-    """Parse one strongSwan-style proposal keyword string; ConfigError(key=...) if invalid."""
+    """Parse one strongSwan-style proposal keyword string; ConfigError(key=...) if invalid.
+
+    Results are cached (proposals are parsed for every negotiation)."""
+    return _parse_cached(keyword, ProtocolId(protocol), key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(keyword: str, protocol: ProtocolId, key: str) -> ProposalSpec:
     tokens = [t for t in keyword.lower().strip().split("-") if t]
     if not tokens:
         raise ConfigError("empty proposal", key=key)

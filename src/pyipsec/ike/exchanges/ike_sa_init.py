@@ -10,6 +10,8 @@ with its own SA, KE and nonce: cookie and INVALID_KE answers are stateless).
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +54,14 @@ HASH_ALGS = (
 
 def nat_hash(spi_i: bytes, spi_r: bytes, addr: tuple[str, int]) -> bytes:
     """SHA-1(SPIi | SPIr | IP | Port) (RFC 7296 section 2.23)."""
-    import ipaddress
-
     h = hashes.Hash(hashes.SHA1())  # noqa: S303 - mandated by RFC 7296 2.23
-    h.update(spi_i + spi_r + ipaddress.ip_address(addr[0]).packed + struct.pack("!H", addr[1]))
+    h.update(spi_i + spi_r + _packed(addr[0]) + struct.pack("!H", addr[1]))
     return h.finalize()
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
 
 
 def common_notifies(sa: IkeSa, spi_r: bytes, want_intermediate: bool) -> list[Any]:
@@ -200,8 +205,7 @@ class IkeSaInitTask(Task):
 
         tasks: list[Task] = [IntermediateTask(t, k) for t, k in chosen.additional_kes()]
         tasks.append(IkeAuthTask())
-        for task in reversed(tasks):
-            sa.queue(task, now, first=True)
+        sa.tasks.extendleft(reversed(tasks))  # started by the caller's kick()
 
 
 def _plain_reply(
