@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pyipsec.crypto.ike_ciphers import encr_key_size, integ_key_size, sk_cipher
 from pyipsec.crypto.ike_keys import (
     IkeKeys,
     child_keymat,
@@ -18,7 +19,9 @@ from pyipsec.crypto.ike_keys import (
     split_child_keymat,
     update_ike_keys_intermediate,
 )
+from pyipsec.crypto.ke import ke_by_id
 from pyipsec.crypto.prf import Prf
+from pyipsec.errors import IntegrityError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "ike_kdf" / "ikev2_kdf135.rsp"
 PRF_BY_HASH = {
@@ -235,3 +238,34 @@ def test_child_keymat_and_split() -> None:
         split_child_keymat(km[:10], 16, 32)
     with pytest.raises(ValueError):
         child_keymat("prf-hmac-sha256", sk_d, NI, NR, 10, None, [b"x"])
+
+
+@pytest.mark.parametrize(
+    ("ke_id", "encr", "bits", "integ"),
+    [
+        (31, 20, 256, 0),  # curve25519, AES-GCM-16-256
+        (19, 28, None, 0),  # ecp256, ChaCha20-Poly1305
+        (14, 12, 128, 12),  # modp2048, AES-CBC-128 + HMAC-SHA2-256-128
+        (36, 20, 128, 0),  # ML-KEM-768 as the only KE, AES-GCM-16-128
+    ],
+)
+def test_both_sides_derive_the_same_keys(ke_id: int, encr: int, bits, integ: int) -> None:
+    """KE -> SKEYSEED/SK_* on both sides -> SK ciphers interoperate -> Child KEYMAT agrees."""
+    ke = ke_by_id(ke_id)
+    kx = ke.new()
+    ker, ss_r = ke.respond(kx.public_value())
+    ss_i = kx.complete(ker)
+    e_len, a_len = encr_key_size(encr, bits), integ_key_size(integ)
+    ki = derive_ike_keys("prf-hmac-sha256", NI, NR, ss_i, SPI_I, SPI_R, e_len, a_len)
+    kr = derive_ike_keys("prf-hmac-sha256", NI, NR, ss_r, SPI_I, SPI_R, e_len, a_len)
+    assert ki == kr
+    # Initiator seals with SK_ei/SK_ai; the responder opens with the same keys.
+    send = sk_cipher(encr, bits, integ, ki.sk_ei, ki.sk_ai)
+    recv = sk_cipher(encr, bits, integ, kr.sk_ei, kr.sk_ai)
+    aad = SPI_I + SPI_R + b"\x2e\x20\x23\x08" + bytes(8)
+    assert recv.open(aad, send.seal(aad, bytes(32))) == bytes(32)
+    # The other direction's key does not open it.
+    wrong = sk_cipher(encr, bits, integ, kr.sk_er, kr.sk_ar)
+    with pytest.raises(IntegrityError):
+        wrong.open(aad, send.seal(aad, bytes(32)))
+    assert child_keymat(ki.prf, ki.sk_d, NI, NR, 72) == child_keymat(kr.prf, kr.sk_d, NI, NR, 72)
