@@ -195,7 +195,9 @@ class EncryptedFragmentPayload:
     payload_type: ClassVar[int] = PayloadType.SKF
 
 
-_U16 = struct.Struct("!H")
+# Plain ints for the hot paths (IntEnum attribute lookups cost more than the parsing).
+_NONE, _SK, _SKF = int(PayloadType.NONE), int(PayloadType.SK), int(PayloadType.SKF)
+_PROTO_IKE, _PROTO_ESP, _PROTO_AH = int(ProtocolId.IKE), int(ProtocolId.ESP), int(ProtocolId.AH)
 _HEAD4 = struct.Struct("!B3x")
 _KE = struct.Struct("!H2x")
 _NOTIFY = struct.Struct("!BBH")
@@ -218,7 +220,7 @@ def push_ke(p: KePayload) -> bytes:
     return _KE.pack(p.group) + p.data
 
 
-_ID_LENGTHS = {IdType.IPV4_ADDR: 4, IdType.IPV6_ADDR: 16}
+_ID_LENGTHS = {int(IdType.IPV4_ADDR): 4, int(IdType.IPV6_ADDR): 16}
 
 
 def pull_id(body: bytes, initiator: bool) -> IdPayload:
@@ -288,9 +290,9 @@ def push_notify(p: NotifyPayload) -> bytes:
 def pull_delete(body: bytes) -> DeletePayload:
     _need(body, _DELETE.size, "Delete")
     proto, spi_size, count = _DELETE.unpack_from(body, 0)
-    if proto == ProtocolId.IKE and (spi_size != 0 or count != 0):
+    if proto == _PROTO_IKE and (spi_size != 0 or count != 0):
         raise syntax_error("Delete of an IKE SA must carry no SPIs")
-    if proto in (ProtocolId.ESP, ProtocolId.AH) and spi_size != 4:
+    if (proto == _PROTO_ESP or proto == _PROTO_AH) and spi_size != 4:
         raise syntax_error(f"Delete of ESP/AH with SPI size {spi_size}, expected 4")
     if len(body) != _DELETE.size + spi_size * count:
         raise syntax_error(f"Delete announces {count} SPIs of {spi_size} bytes, body mismatch")
@@ -326,7 +328,7 @@ def pull_skf_header(body: bytes) -> tuple[int, int]:
     return number, total
 
 
-_PULL: dict[int, Callable[[bytes], Any]] = {
+_PULL: dict[int, Callable[[bytes], Any]] = {  # keys become plain ints below
     PayloadType.SA: pull_sa,
     PayloadType.KE: pull_ke,
     PayloadType.IDi: lambda b: pull_id(b, True),
@@ -341,6 +343,8 @@ _PULL: dict[int, Callable[[bytes], Any]] = {
     PayloadType.TSi: lambda b: pull_ts(b, True),
     PayloadType.TSr: lambda b: pull_ts(b, False),
 }
+
+_PULL = {int(k): v for k, v in _PULL.items()}
 
 _PUSH: dict[type, Callable[[Any], bytes]] = {
     SaPayload: push_sa,
@@ -360,7 +364,7 @@ _PUSH: dict[type, Callable[[Any], bytes]] = {
 }
 
 # Types defined by RFC 7296 (33..48) and SKF: the critical bit is ignored for them.
-_RFC_DEFINED = frozenset(range(PayloadType.SA, PayloadType.EAP + 1)) | {PayloadType.SKF}
+_RFC_DEFINED = frozenset(range(int(PayloadType.SA), int(PayloadType.EAP) + 1)) | {_SKF}
 
 
 def pull_payload_body(payload_type: int, body: bytes, critical: bool = False) -> Any:
@@ -399,17 +403,17 @@ def pull_payload_chain(
     nxt = first_type
     pos = offset
     sk_offset = end
-    while nxt != PayloadType.NONE:
+    while nxt != _NONE:
         ptype = nxt
         nxt, critical, length = pull_generic_header(data, pos, end)
         body = data[pos + GENERIC_HEADER_SIZE : pos + length]
-        if ptype in (PayloadType.SK, PayloadType.SKF):
+        if ptype == _SK or ptype == _SKF:
             if not allow_encrypted:
                 raise syntax_error(f"payload type {ptype} nested inside an encrypted payload")
             if pos + length != end:
                 raise syntax_error(f"payload type {ptype} is not the last payload")
             sk_offset = pos
-            if ptype == PayloadType.SK:
+            if ptype == _SK:
                 payloads.append(EncryptedPayload(nxt, bytes(body)))
             else:
                 number, total = pull_skf_header(body)

@@ -24,7 +24,8 @@ _ATTR_TV = 0x8000
 
 # Allowed SPI sizes by protocol (RFC 7296 section 3.3.1): IKE 0 in IKE_SA_INIT and 8 when
 # rekeying the IKE SA in CREATE_CHILD_SA; ESP and AH 4. Unknown protocols: any.
-_SPI_SIZES = {ProtocolId.IKE: (0, 8), ProtocolId.ESP: (4,), ProtocolId.AH: (4,)}
+_SPI_SIZES = {int(ProtocolId.IKE): (0, 8), int(ProtocolId.ESP): (4,), int(ProtocolId.AH): (4,)}
+_KEY_LENGTH = int(TransformAttr.KEY_LENGTH)
 
 
 # RFC 7296 section 3.3.2: transform substructure.
@@ -88,7 +89,7 @@ def _pull_attributes(data: bytes, offset: int, end: int) -> tuple[int | None, tu
                 raise syntax_error(f"attribute {atype} length {value} exceeds the transform")
             raw = bytes(data[offset : offset + value])
             offset += value
-        if atype == TransformAttr.KEY_LENGTH:
+        if atype == _KEY_LENGTH:
             if not tv:
                 raise syntax_error("Key Length attribute must use the TV format")
             if key_length is not None:
@@ -161,7 +162,7 @@ def pull_sa(body: bytes) -> SaPayload:
 def _push_transform(t: Transform, last: bool) -> bytes:
     attrs = bytearray()
     if t.key_length is not None:
-        attrs += _ATTR.pack(_ATTR_TV | TransformAttr.KEY_LENGTH, t.key_length)
+        attrs += _ATTR.pack(_ATTR_TV | _KEY_LENGTH, t.key_length)
     for atype, tv, raw in t.other_attributes:
         if tv:
             attrs += _ATTR.pack(_ATTR_TV | atype, int.from_bytes(raw, "big"))
