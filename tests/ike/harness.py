@@ -103,8 +103,9 @@ class Pair:
         seed: int = 1,
         b_endpoint: dict[str, Any] | None = None,
         children: tuple[ChildConfig, ...] = (ChildConfig("c"),),
+        start: float = START,
     ) -> None:
-        self.now = START
+        self.now = start
         self.net = network or Network(seed=seed)
         self.a_peer = a_peer or peer_config("to-b", B_ADDR[0], children=children)
         self.b_peer = b_peer or peer_config("to-a", A_ADDR[0], children=children)
