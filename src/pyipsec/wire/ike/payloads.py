@@ -196,7 +196,7 @@ class EncryptedFragmentPayload:
 
 
 # Plain ints for the hot paths (IntEnum attribute lookups cost more than the parsing).
-_NONE, _SK, _SKF = int(PayloadType.NONE), int(PayloadType.SK), int(PayloadType.SKF)
+_PT_NONE, _PT_SK, _PT_SKF = int(PayloadType.NONE), int(PayloadType.SK), int(PayloadType.SKF)
 _PROTO_IKE, _PROTO_ESP, _PROTO_AH = int(ProtocolId.IKE), int(ProtocolId.ESP), int(ProtocolId.AH)
 _HEAD4 = struct.Struct("!B3x")
 _KE = struct.Struct("!H2x")
@@ -364,7 +364,7 @@ _PUSH: dict[type, Callable[[Any], bytes]] = {
 }
 
 # Types defined by RFC 7296 (33..48) and SKF: the critical bit is ignored for them.
-_RFC_DEFINED = frozenset(range(int(PayloadType.SA), int(PayloadType.EAP) + 1)) | {_SKF}
+_RFC_DEFINED = frozenset(range(int(PayloadType.SA), int(PayloadType.EAP) + 1)) | {_PT_SKF}
 
 
 def pull_payload_body(payload_type: int, body: bytes, critical: bool = False) -> Any:
@@ -403,17 +403,17 @@ def pull_payload_chain(
     nxt = first_type
     pos = offset
     sk_offset = end
-    while nxt != _NONE:
+    while nxt != _PT_NONE:
         ptype = nxt
         nxt, critical, length = pull_generic_header(data, pos, end)
         body = data[pos + GENERIC_HEADER_SIZE : pos + length]
-        if ptype == _SK or ptype == _SKF:
+        if ptype == _PT_SK or ptype == _PT_SKF:
             if not allow_encrypted:
                 raise syntax_error(f"payload type {ptype} nested inside an encrypted payload")
             if pos + length != end:
                 raise syntax_error(f"payload type {ptype} is not the last payload")
             sk_offset = pos
-            if ptype == _SK:
+            if ptype == _PT_SK:
                 payloads.append(EncryptedPayload(nxt, bytes(body)))
             else:
                 number, total = pull_skf_header(body)
