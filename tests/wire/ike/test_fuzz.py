@@ -197,3 +197,35 @@ def test_payload_bodies(ptype, body):
         pull_payload_body(ptype, body, critical=True)
     except PyipsecError:
         pass
+
+
+def _real_ciphers():
+    """pyipsec.crypto SK ciphers (AES-GCM-16, AES-CBC+HMAC-SHA256) when that module exists."""
+    ike_ciphers = pytest.importorskip("pyipsec.crypto.ike_ciphers")
+    return [
+        ike_ciphers.sk_cipher(20, 128, 0, bytes(range(20))),
+        ike_ciphers.sk_cipher(12, 128, 12, bytes(range(16)), bytes(range(32))),
+    ]
+
+
+@FUZZ
+@given(st.integers(0, 1), st.lists(mutation, min_size=1, max_size=4), st.booleans())
+def test_mutated_messages_with_real_ciphers(which, muts, fix_length):
+    cipher = _real_ciphers()[which]
+    base = [encrypt_message(SAMPLE, cipher), *fragment_message(SAMPLE, cipher, 200)]
+    for raw in base:
+        data = bytearray(_mutate(raw, muts))
+        if fix_length and len(data) >= 28:
+            data[24:28] = len(data).to_bytes(4, "big")
+        _parse_all_with(bytes(data), cipher)
+
+
+def _parse_all_with(data: bytes, cipher) -> None:
+    try:
+        decrypt_message(data, cipher)
+    except PyipsecError:
+        pass
+    try:
+        Reassembler().add(data, cipher)
+    except PyipsecError:
+        pass
