@@ -1,0 +1,690 @@
+"""The daemon core: drives the sans-I/O IKE endpoint and the data plane.
+
+The core is a thin adapter, in the manner of aioquic's asyncio layer:
+
+* datagrams from the IKE sockets go into ``IkeEndpoint.receive_datagram``; after every
+  input (datagram, timer, command) the core *pumps*: it sends what the endpoint wants to
+  send, handles every queued event, and re-arms the one timer the endpoint asks for;
+* events become data-plane actions (install / remove SAs), rows of the SA tables the
+  monitor shows, counters, and messages for ``watch`` clients;
+* acquires from the data plane (the first packet of a trapped flow without an SA)
+  start the matching connection.
+
+Both boundaries are small protocols (:class:`IkeNetwork`, :class:`Dataplane`) with
+real implementations in :mod:`pyipsec.daemon.io` and fakes in the tests, so two
+daemons run end to end in one event loop without root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pyipsec import __version__
+from pyipsec.daemon.config import DaemonConfig
+from pyipsec.errors import ConfigError, PyipsecError
+from pyipsec.ike.config import PeerConfig
+from pyipsec.ike.endpoint import IkeEndpoint
+from pyipsec.ike.events import (
+    AuthenticationFailed,
+    ChildSaDeleted,
+    ChildSaInstalled,
+    ChildSaRekeyed,
+    IkeEvent,
+    IkeSaDown,
+    IkeSaRekeyed,
+    IkeSaUp,
+    NegotiationFailed,
+)
+from pyipsec.wire.iana import NotifyType
+
+log = logging.getLogger("pyipsec.daemon")
+
+
+class IkeNetwork(Protocol):
+    """Where IKE datagrams go out; incoming ones are handed to ``Daemon.datagram``."""
+
+    def send(self, data: bytes, remote: tuple[str, int], local_port: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Dataplane(Protocol):
+    """What the daemon needs from the packet layer."""
+
+    def install(self, child: ChildSaInstalled) -> None:
+        """Install the inbound SA, then the outbound one (switching traffic to it)."""
+
+    def remove(self, child: ChildSaDeleted) -> None:
+        """Remove both SAs of a Child SA."""
+
+    def set_policies(self, config: DaemonConfig) -> None:
+        """Install the SPD of all connections (trap policies route first packets to us)."""
+
+    def sa_statistics(self) -> dict[int, dict[str, int]]:
+        """Counters per SPI (bytes/packets in or out)."""
+
+    def statistics(self) -> dict[str, int]:
+        """Global data-plane counters (bad SPI, replay, ...)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class IkeSaRow:
+    """One IKE SA as the monitor shows it ("Main Mode")."""
+
+    handle: int
+    name: str
+    local_addr: str
+    remote_addr: str
+    local_id: str
+    remote_id: str
+    auth: str
+    proposal: str
+    initiator: bool
+    spi_i: str
+    spi_r: str
+    established: float
+    rekey_at: float | None
+    state: str = "ESTABLISHED"
+
+
+@dataclass
+class ChildSaRow:
+    """One Child SA pair as the monitor shows it ("Quick Mode")."""
+
+    ike_sa: int
+    name: str
+    protocol: str
+    mode: str
+    spi_in: int
+    spi_out: int
+    algorithm: str
+    esn: bool
+    encap: bool
+    local_ts: list[str]
+    remote_ts: list[str]
+    installed: float
+    rekey_at: float
+    state: str = "INSTALLED"
+
+
+@dataclass
+class Counters:
+    ike_sa_additions: int = 0
+    ike_sa_deletions: int = 0
+    child_sa_additions: int = 0
+    child_sa_deletions: int = 0
+    ike_rekeys: int = 0
+    child_rekeys: int = 0
+    authentication_failures: int = 0
+    negotiation_failures: int = 0
+    acquires: int = 0
+    reloads: int = 0
+    failed_reloads: int = 0
+
+
+@dataclass
+class Failure:
+    when: float
+    peer: str
+    reason: str
+    notify: str | None = None
+
+
+@dataclass
+class _Pending:
+    """A connection being brought up, so acquires don't start it twice."""
+
+    peer: str
+    child: str
+    since: float
+    handles: set[int] = field(default_factory=set)
+
+
+class Daemon:
+    """One host's IPsec daemon, independent of the real sockets and data plane."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        network: IkeNetwork,
+        dataplane: Dataplane,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        loop: asyncio.AbstractEventLoop | None = None,
+        publish: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.network = network
+        self.dataplane = dataplane
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.loop = loop or asyncio.get_event_loop()
+        self.publish = publish or (lambda event: None)
+        self.endpoint = IkeEndpoint(config.endpoint)
+        self.started = clock()
+        self.counters = Counters()
+        self.ike_sas: dict[int, IkeSaRow] = {}
+        self.child_sas: dict[int, ChildSaRow] = {}  # by inbound SPI
+        self.failures: deque[Failure] = deque(maxlen=20)
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._handles_by_peer: dict[str, set[int]] = {}
+        self.closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Install policies and bring up connections whose children say start."""
+        self.dataplane.set_policies(self.config)
+        for peer in self.config.endpoint.peers:
+            for child in peer.children:
+                if child.start_action == "start":
+                    self.initiate(peer.name, child.name)
+        self._pump()
+
+    def close(self) -> None:
+        """Delete every IKE SA (best effort: one Delete each), then stop."""
+        if self.closed:
+            return
+        now = self.clock()
+        for handle in list(self.ike_sas):
+            try:
+                self.endpoint.delete_ike(handle, now)
+            except PyipsecError:
+                pass
+        self._flush_output(now)
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # ------------------------------------------------------------------ inputs
+
+    def datagram(self, data: bytes, remote: tuple[str, int], local: tuple[str, int]) -> None:
+        """An IKE datagram arrived (non-ESP marker already removed on port 4500)."""
+        if self.closed:
+            return
+        self.endpoint.receive_datagram(data, remote, self.clock(), local_addr=local)
+        self._pump()
+
+    def acquire(self, src: str, dst: str) -> None:
+        """The data plane holds a packet from ``src`` to ``dst`` with no SA: negotiate."""
+        self.counters.acquires += 1
+        for peer in self.config.endpoint.peers:
+            if peer.matches_addr(dst) and any(c.start_action == "trap" for c in peer.children):
+                child = next(c for c in peer.children if c.start_action == "trap")
+                self.initiate(peer.name, child.name)
+                self._pump()
+                return
+        log.info("acquire for %s -> %s matches no connection", src, dst)
+
+    def initiate(self, peer_name: str, child_name: str | None = None) -> None:
+        """Start the connection (IKE SA with its first child) unless it is up or coming."""
+        peer = self.config.peer(peer_name)
+        child = (
+            peer.child(child_name) if child_name else (peer.children[0] if peer.children else None)
+        )
+        key = (peer.name, child.name if child else "")
+        now = self.clock()
+        pending = self._pending.get(key)
+        if pending is not None and now - pending.since < 30:
+            return
+        if child is not None and any(
+            row.name == child.name
+            and self.ike_sas.get(row.ike_sa, None) is not None
+            and self.ike_sas[row.ike_sa].name == peer.name
+            for row in self.child_sas.values()
+        ):
+            return
+        established = [h for h, row in self.ike_sas.items() if row.name == peer.name]
+        if established and child is not None:
+            self.endpoint.create_child(established[0], child, now)
+        else:
+            handle = self.endpoint.initiate(peer, child, now)
+            self._handles_by_peer.setdefault(peer.name, set()).add(_handle_id(handle))
+        self._pending[key] = _Pending(peer.name, key[1], now)
+
+    # ------------------------------------------------------------------ the pump
+
+    def _pump(self) -> None:
+        now = self.clock()
+        self._flush_output(now)
+        while (event := self.endpoint.next_event()) is not None:
+            try:
+                self._handle_event(event, now)
+            except Exception:  # one bad event must not stop the daemon
+                log.exception("handling %s failed", type(event).__name__)
+        self._flush_output(now)
+        self._arm_timer(now)
+
+    def _flush_output(self, now: float) -> None:
+        for data, addr in self.endpoint.datagrams_to_send(now):
+            try:
+                self.network.send(data, addr, 4500 if addr[1] == 4500 else 500)
+            except OSError as exc:
+                log.warning("sending IKE to %s failed: %s", addr[0], exc.strerror)
+
+    def _arm_timer(self, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = self.endpoint.get_timer()
+        if when is None or self.closed:
+            return
+        delay = max(0.0, when - now)
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        self.endpoint.handle_timer(self.clock())
+        self._pump()
+
+    # ------------------------------------------------------------------ events
+
+    def _handle_event(self, event: IkeEvent, now: float) -> None:
+        handler = _EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event, now)
+
+    def _ike_up(self, event: IkeSaUp, now: float) -> None:
+        peer = self.config.endpoint.peer(event.peer)
+        self.counters.ike_sa_additions += 1
+        rekey_at = now + peer.rekey_time if peer is not None else None
+        self.ike_sas[event.ike_sa] = IkeSaRow(
+            handle=event.ike_sa,
+            name=event.peer,
+            local_addr=event.local_addr[0],
+            remote_addr=event.remote_addr[0],
+            local_id=event.local_id,
+            remote_id=event.remote_id,
+            auth=peer.local_auth.method if peer is not None else "?",
+            proposal=event.proposal,
+            initiator=event.initiator,
+            spi_i=event.spi_i,
+            spi_r=event.spi_r,
+            established=now,
+            rekey_at=rekey_at,
+        )
+        log.info(
+            "IKE SA %s[%d] up: %s <-> %s (%s), %s",
+            event.peer,
+            event.ike_sa,
+            event.local_addr[0],
+            event.remote_addr[0],
+            event.remote_id,
+            event.proposal,
+        )
+        self._emit("ike-up", name=event.peer, ike_sa=event.ike_sa, remote=event.remote_addr[0])
+
+    def _ike_rekeyed(self, event: IkeSaRekeyed, now: float) -> None:
+        self.counters.ike_rekeys += 1
+        row = self.ike_sas.get(event.ike_sa)
+        if row is not None:
+            row.spi_i, row.spi_r = event.new_spi_i, event.new_spi_r
+            peer = self.config.endpoint.peer(row.name)
+            row.rekey_at = now + peer.rekey_time if peer is not None else None
+        log.info(
+            "IKE SA [%d] rekeyed: new SPIs %s_i %s_r",
+            event.ike_sa,
+            event.new_spi_i,
+            event.new_spi_r,
+        )
+        self._emit("ike-rekeyed", ike_sa=event.ike_sa)
+
+    def _ike_down(self, event: IkeSaDown, now: float) -> None:
+        row = self.ike_sas.pop(event.ike_sa, None)
+        if row is not None:
+            self.counters.ike_sa_deletions += 1
+        for spi, child in list(self.child_sas.items()):
+            if child.ike_sa == event.ike_sa:
+                # the endpoint reports children first; this is a safety net
+                del self.child_sas[spi]
+        for key in list(self._pending):
+            if key[0] == event.peer:
+                del self._pending[key]
+        log.info("IKE SA %s[%d] down: %s", event.peer, event.ike_sa, event.reason)
+        self._emit("ike-down", name=event.peer, ike_sa=event.ike_sa, reason=event.reason)
+        if event.reason in ("dead peer", "deleted by peer", "expired", "replaced"):
+            self._restart_if_wanted(event.peer)
+
+    def _restart_if_wanted(self, peer_name: str) -> None:
+        """Connections with start_action start come back by themselves (trap: on traffic)."""
+        peer = self.config.endpoint.peer(peer_name)
+        if peer is None or self.closed:
+            return
+        for child in peer.children:
+            if child.start_action == "start":
+                self.initiate(peer.name, child.name)
+                return
+
+    def _child_installed(self, event: ChildSaInstalled, now: float) -> None:
+        self.dataplane.install(event)
+        self.counters.child_sa_additions += 1
+        self.child_sas[event.inbound_spi] = ChildSaRow(
+            ike_sa=event.ike_sa,
+            name=event.child,
+            protocol=event.protocol,
+            mode=event.mode,
+            spi_in=event.inbound_spi,
+            spi_out=event.outbound_spi,
+            algorithm=event.algorithm,
+            esn=event.esn,
+            encap=event.encap_udp,
+            local_ts=[str(ts) for ts in event.local_ts],
+            remote_ts=[str(ts) for ts in event.remote_ts],
+            installed=now,
+            rekey_at=now + event.rekey_time,
+        )
+        row = self.ike_sas.get(event.ike_sa)
+        if row is not None:
+            self._pending.pop((row.name, event.child), None)
+        else:
+            for key in [k for k in self._pending if k[1] == event.child]:
+                del self._pending[key]
+        log.info(
+            "Child SA %s installed: %s %s %s, SPIs %08x_i %08x_o, %s === %s",
+            event.child,
+            event.protocol,
+            event.mode,
+            event.algorithm,
+            event.inbound_spi,
+            event.outbound_spi,
+            ",".join(map(str, event.local_ts)),
+            ",".join(map(str, event.remote_ts)),
+        )
+        self._emit(
+            "child-up",
+            name=event.child,
+            ike_sa=event.ike_sa,
+            spi_in=f"{event.inbound_spi:08x}",
+            spi_out=f"{event.outbound_spi:08x}",
+        )
+
+    def _child_rekeyed(self, event: ChildSaRekeyed, now: float) -> None:
+        self.counters.child_rekeys += 1
+        log.info(
+            "Child SA %s rekeyed: %08x_i -> %08x_i",
+            event.child,
+            event.old_inbound_spi,
+            event.new_inbound_spi,
+        )
+        self._emit(
+            "child-rekeyed",
+            name=event.child,
+            old_spi_in=f"{event.old_inbound_spi:08x}",
+            new_spi_in=f"{event.new_inbound_spi:08x}",
+        )
+
+    def _child_deleted(self, event: ChildSaDeleted, now: float) -> None:
+        self.dataplane.remove(event)
+        if self.child_sas.pop(event.inbound_spi, None) is not None:
+            self.counters.child_sa_deletions += 1
+        log.info(
+            "Child SA %s deleted (%s): %08x_i %08x_o",
+            event.child,
+            event.reason,
+            event.inbound_spi,
+            event.outbound_spi,
+        )
+        self._emit(
+            "child-down", name=event.child, reason=event.reason, spi_in=f"{event.inbound_spi:08x}"
+        )
+
+    def _auth_failed(self, event: AuthenticationFailed, now: float) -> None:
+        self.counters.authentication_failures += 1
+        self.failures.append(
+            Failure(
+                self.wall_clock(),
+                event.peer or event.remote_addr[0],
+                f"authentication failed: {event.reason}",
+                "AUTHENTICATION_FAILED",
+            )
+        )
+        for key in [k for k in self._pending if k[0] == event.peer]:
+            del self._pending[key]
+        log.warning(
+            "authentication with %s (%s) failed: %s",
+            event.peer or "?",
+            event.remote_addr[0],
+            event.reason,
+        )
+        self._emit("auth-failed", name=event.peer, remote=event.remote_addr[0], reason=event.reason)
+
+    def _negotiation_failed(self, event: NegotiationFailed, now: float) -> None:
+        self.counters.negotiation_failures += 1
+        try:
+            notify = NotifyType(event.notify).name if event.notify else None
+        except ValueError:
+            notify = str(event.notify)
+        self.failures.append(Failure(self.wall_clock(), event.peer, event.reason, notify))
+        for key in [k for k in self._pending if k[0] == event.peer]:
+            del self._pending[key]
+        log.warning(
+            "negotiation with %s failed: %s%s",
+            event.peer,
+            event.reason,
+            f" ({notify})" if notify else "",
+        )
+        self._emit("negotiation-failed", name=event.peer, reason=event.reason, notify=notify)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        self.publish({"type": kind, "time": self.wall_clock(), **fields})
+
+    # ------------------------------------------------------------------ commands
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        per_spi = self.dataplane.sa_statistics()
+        ike_rows = []
+        for row in self.ike_sas.values():
+            parts = row.proposal.split("-")
+            ike_rows.append(
+                {
+                    "name": row.name,
+                    "handle": row.handle,
+                    "state": row.state,
+                    "local_addr": row.local_addr,
+                    "remote_addr": row.remote_addr,
+                    "local_id": row.local_id,
+                    "remote_id": row.remote_id,
+                    "auth": row.auth,
+                    "initiator": row.initiator,
+                    "spi_i": row.spi_i,
+                    "spi_r": row.spi_r,
+                    "proposal": row.proposal,
+                    "encryption": parts[0] if parts else None,
+                    "integrity": next(
+                        (p for p in parts[1:] if not p.startswith("prf") and p not in _KE_WORDS),
+                        None,
+                    ),
+                    "prf": next((p for p in parts if p.startswith("prf")), None),
+                    "ke": "-".join(p for p in parts if p in _KE_WORDS) or None,
+                    "established_for": now - row.established,
+                    "rekey_in": None if row.rekey_at is None else row.rekey_at - now,
+                }
+            )
+        child_rows = []
+        for child in self.child_sas.values():
+            ike = self.ike_sas.get(child.ike_sa)
+            stats_in = per_spi.get(child.spi_in, {})
+            stats_out = per_spi.get(child.spi_out, {})
+            child_rows.append(
+                {
+                    "name": child.name,
+                    "ike_sa": f"{ike.name}[{ike.handle}]" if ike else str(child.ike_sa),
+                    "state": child.state,
+                    "mode": child.mode,
+                    "protocol": child.protocol,
+                    "encap": child.encap,
+                    "esn": child.esn,
+                    "spi_in": f"{child.spi_in:08x}",
+                    "spi_out": f"{child.spi_out:08x}",
+                    "algorithm": child.algorithm,
+                    "local_ts": child.local_ts,
+                    "remote_ts": child.remote_ts,
+                    "bytes_in": stats_in.get("bytes_in", 0),
+                    "packets_in": stats_in.get("packets_in", 0),
+                    "bytes_out": stats_out.get("bytes_out", 0),
+                    "packets_out": stats_out.get("packets_out", 0),
+                    "installed_for": now - child.installed,
+                    "rekey_in": child.rekey_at - now,
+                }
+            )
+        return {
+            "version": __version__,
+            "uptime": now - self.started,
+            "ike_sas": ike_rows,
+            "child_sas": child_rows,
+            "recent_failures": [
+                {
+                    "when": time.strftime("%H:%M:%S", time.localtime(f.when)),
+                    "peer": f.peer,
+                    "reason": f.reason,
+                    "notify": f.notify,
+                }
+                for f in self.failures
+            ],
+        }
+
+    def statistics(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(vars(self.counters))
+        stats["active_ike_sas"] = len(self.ike_sas)
+        stats["active_child_sas"] = len(self.child_sas)
+        stats.update(self.dataplane.statistics())
+        return stats
+
+    def find_ike_sas(self, name: str) -> list[int]:
+        """IKE SA handles of connection ``name`` (or of the one holding child ``name``)."""
+        handles = [h for h, row in self.ike_sas.items() if row.name == name]
+        if not handles:
+            handles = sorted({c.ike_sa for c in self.child_sas.values() if c.name == name})
+        return handles
+
+    def command_up(self, name: str) -> str:
+        for peer in self.config.endpoint.peers:
+            if peer.name == name:
+                self.initiate(peer.name, peer.children[0].name if peer.children else None)
+                self._pump()
+                return f"initiating {name}"
+            if peer.child(name) is not None:
+                self.initiate(peer.name, name)
+                self._pump()
+                return f"initiating {peer.name}/{name}"
+        raise ConfigError(f"no connection or child named {name!r}")
+
+    def command_down(self, name: str) -> str:
+        now = self.clock()
+        is_child = any(c.name == name for c in self.child_sas.values()) and not any(
+            row.name == name for row in self.ike_sas.values()
+        )
+        if is_child:
+            for child in [c for c in self.child_sas.values() if c.name == name]:
+                self.endpoint.delete_child(child.ike_sa, child.spi_in, now)
+            self._pump()
+            return f"deleting child {name}"
+        handles = self.find_ike_sas(name)
+        if not handles:
+            raise ConfigError(f"no SA named {name!r} is up")
+        for handle in handles:
+            self.endpoint.delete_ike(handle, now)
+        self._pump()
+        return f"deleting {len(handles)} IKE SA(s) of {name}"
+
+    def command_rekey(self, name: str) -> str:
+        now = self.clock()
+        children = [c for c in self.child_sas.values() if c.name == name]
+        if children:
+            for child in children:
+                self.endpoint.rekey_child(child.ike_sa, child.spi_in, now)
+            self._pump()
+            return f"rekeying child {name}"
+        handles = self.find_ike_sas(name)
+        if not handles:
+            raise ConfigError(f"no SA named {name!r} is up")
+        for handle in handles:
+            self.endpoint.rekey_ike(handle, now)
+        self._pump()
+        return f"rekeying IKE SA of {name}"
+
+    def reload(self, new: DaemonConfig) -> dict[str, list[str]]:
+        """Apply a new, already validated configuration.
+
+        Connections whose configuration is unchanged keep their SAs; changed or removed
+        ones are deleted (and changed ones come back under the new settings); new ones
+        are started according to their start actions.
+        """
+        old_peers = {p.name: p for p in self.config.endpoint.peers}
+        new_peers = {p.name: p for p in new.endpoint.peers}
+        kept = [n for n in new_peers if n in old_peers and _same(old_peers[n], new_peers[n])]
+        changed = [n for n in new_peers if n in old_peers and n not in kept]
+        removed = [n for n in old_peers if n not in new_peers]
+        added = [n for n in new_peers if n not in old_peers]
+        now = self.clock()
+        for name in changed + removed:
+            for handle in self.find_ike_sas(name):
+                self.endpoint.delete_ike(handle, now)
+        self._pump()
+        self.config = new
+        self.endpoint.config = new.endpoint  # responders match peers against the new set
+        self.dataplane.set_policies(new)
+        for name in changed + added:
+            for child in new_peers[name].children:
+                if child.start_action == "start":
+                    self.initiate(name, child.name)
+        self.counters.reloads += 1
+        self._pump()
+        log.info(
+            "configuration reloaded: kept %s, changed %s, added %s, removed %s",
+            kept,
+            changed,
+            added,
+            removed,
+        )
+        return {"kept": kept, "changed": changed, "added": added, "removed": removed}
+
+
+_KE_WORDS = {
+    "modp2048",
+    "modp3072",
+    "modp4096",
+    "ecp256",
+    "ecp384",
+    "ecp521",
+    "x25519",
+    "x448",
+    "curve25519",
+    "curve448",
+    "mlkem512",
+    "mlkem768",
+    "mlkem1024",
+}
+
+
+def _same(a: PeerConfig, b: PeerConfig) -> bool:
+    return a == b
+
+
+def _handle_id(handle: Any) -> int:
+    return handle if isinstance(handle, int) else getattr(handle, "id", id(handle))
+
+
+_EVENT_HANDLERS: dict[type, Callable[[Daemon, Any, float], None]] = {
+    IkeSaUp: Daemon._ike_up,
+    IkeSaRekeyed: Daemon._ike_rekeyed,
+    IkeSaDown: Daemon._ike_down,
+    ChildSaInstalled: Daemon._child_installed,
+    ChildSaRekeyed: Daemon._child_rekeyed,
+    ChildSaDeleted: Daemon._child_deleted,
+    AuthenticationFailed: Daemon._auth_failed,
+    NegotiationFailed: Daemon._negotiation_failed,
+}

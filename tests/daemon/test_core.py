@@ -1,0 +1,240 @@
+"""Two daemons end to end in one event loop, through a fake network and fake data planes.
+
+This exercises the daemon core for real (the IKE endpoint, its events, the SA tables,
+commands, reload) without root; the namespace tests run the same code with real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+from typing import Any
+
+import pytest
+
+from pyipsec.daemon.config import DaemonConfig, load_config
+from pyipsec.daemon.core import Daemon
+from pyipsec.errors import ConfigError
+from pyipsec.ike.events import ChildSaDeleted, ChildSaInstalled
+
+A, B = "10.1.0.1", "10.1.0.2"
+
+
+class FakeDataplane:
+    def __init__(self) -> None:
+        self.installed: dict[int, ChildSaInstalled] = {}
+        self.removed: list[ChildSaDeleted] = []
+        self.policies: list[DaemonConfig] = []
+
+    def install(self, child: ChildSaInstalled) -> None:
+        self.installed[child.inbound_spi] = child
+
+    def remove(self, child: ChildSaDeleted) -> None:
+        self.removed.append(child)
+        self.installed.pop(child.inbound_spi, None)
+
+    def set_policies(self, config: DaemonConfig) -> None:
+        self.policies.append(config)
+
+    def sa_statistics(self) -> dict[int, dict[str, int]]:
+        return {spi: {"bytes_in": 100, "packets_in": 1} for spi in self.installed}
+
+    def statistics(self) -> dict[str, int]:
+        return {"bad_spi_packets": 0}
+
+    def close(self) -> None:
+        pass
+
+
+class FakeNetwork:
+    """Delivers datagrams between daemons by address, asynchronously; can drop all."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.hosts: dict[str, Daemon] = {}
+        self.blocked: set[str] = set()
+        self.count = 0
+
+    def port(self, address: str) -> Any:
+        network = self
+
+        class Port:
+            def send(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
+                network.count += 1
+                target = network.hosts.get(remote[0])
+                if target is None or address in network.blocked or remote[0] in network.blocked:
+                    return
+                network.loop.call_soon(
+                    target.datagram, data, (address, local_port), (remote[0], remote[1])
+                )
+
+            def close(self) -> None:
+                pass
+
+        return Port()
+
+
+def config_for(
+    tmp_path, me: str, peer: str, psk: str, *, start: str = "trap", mode: str = "transport"
+) -> DaemonConfig:
+    directory = tmp_path / me
+    directory.mkdir(exist_ok=True)
+    secrets = directory / "secrets.yaml"
+    secrets.write_text(f'psk:\n  web-db: "{psk}"\n')
+    os.chmod(secrets, 0o600)
+    path = directory / "pyipsec.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        secrets: secrets.yaml
+        connections:
+          web-db:
+            local_addrs: [{me}]
+            remote_addrs: [{peer}]
+            local: {{auth: psk, id: {me}}}
+            remote: {{auth: psk, id: {peer}}}
+            dpd_delay: 0
+            retransmit_timeout: 0.2
+            retransmit_tries: 2
+            children:
+              db:
+                mode: {mode}
+                start_action: {start}
+        """)
+    )
+    return load_config(str(path))
+
+
+@pytest.fixture
+def pair(tmp_path):
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+
+    def make(psk_a: str = "shared secret key", psk_b: str = "shared secret key", **kw):
+        daemons = []
+        for me, peer, psk in ((A, B, psk_a), (B, A, psk_b)):
+            dataplane = FakeDataplane()
+            daemon = Daemon(
+                config_for(tmp_path, me, peer, psk, **kw),
+                net.port(me),
+                dataplane,
+                clock=loop.time,
+                loop=loop,
+            )
+            net.hosts[me] = daemon
+            daemons.append(daemon)
+        for daemon in daemons:
+            daemon.start()
+        return daemons
+
+    yield loop, net, make
+    loop.close()
+
+
+def run_until(loop: asyncio.AbstractEventLoop, predicate, timeout: float = 5.0) -> bool:
+    async def wait() -> bool:
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if predicate():
+                return True
+            await asyncio.sleep(0.01)
+        return predicate()
+
+    return loop.run_until_complete(wait())
+
+
+def test_up_installs_matching_sas_on_both_sides(pair) -> None:
+    loop, _, make = pair
+    a, b = make()
+    assert a.dataplane.policies and b.dataplane.policies
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    (sa_a,) = a.dataplane.installed.values()
+    (sa_b,) = b.dataplane.installed.values()
+    assert sa_a.inbound_spi == sa_b.outbound_spi and sa_a.outbound_spi == sa_b.inbound_spi
+    assert sa_a.inbound_key == sa_b.outbound_key and sa_a.outbound_key == sa_b.inbound_key
+    assert sa_a.mode == "transport"
+    status = a.status()
+    assert status["ike_sas"][0]["remote_addr"] == B
+    assert status["child_sas"][0]["spi_in"] == f"{sa_a.inbound_spi:08x}"
+    assert status["child_sas"][0]["bytes_in"] == 100
+    stats = a.statistics()
+    assert stats["active_ike_sas"] == 1 and stats["child_sa_additions"] == 1
+
+
+def test_acquire_starts_the_trapped_connection_once(pair) -> None:
+    loop, net, make = pair
+    a, b = make()
+    a.acquire(A, B)
+    a.acquire(A, B)  # a second held packet must not start a second IKE SA
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    assert len(a.ike_sas) == 1 and len(b.ike_sas) == 1
+    assert a.counters.acquires == 2
+
+
+def test_start_action_start_brings_it_up_alone(pair) -> None:
+    loop, _, make = pair
+    a, b = make(start="start")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+
+
+def test_wrong_psk_installs_nothing_and_is_visible(pair) -> None:
+    loop, _, make = pair
+    a, b = make(psk_b="another secret key")
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.failures and b.failures)
+    run_until(loop, lambda: False, timeout=0.3)
+    assert not a.dataplane.installed and not b.dataplane.installed
+    assert (
+        a.statistics()["authentication_failures"] + b.statistics()["authentication_failures"] >= 1
+    )
+    reasons = " ".join(f["reason"] for f in a.status()["recent_failures"])
+    assert "authentication" in reasons.lower() or "AUTHENTICATION" in reasons
+
+
+def test_down_removes_sas_on_both_sides(pair) -> None:
+    loop, _, make = pair
+    a, b = make()
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    a.command_down("web-db")
+    assert run_until(loop, lambda: not a.ike_sas and not b.ike_sas)
+    assert not a.dataplane.installed and not b.dataplane.installed
+    assert b.dataplane.removed
+
+
+def test_rekey_child_switches_spis(pair) -> None:
+    loop, _, make = pair
+    a, b = make()
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    old = set(a.child_sas)
+    a.command_rekey("db")
+    assert run_until(
+        loop, lambda: a.child_sas and set(a.child_sas).isdisjoint(old) and len(b.child_sas) == 1
+    )
+    assert a.counters.child_rekeys + b.counters.child_rekeys >= 1
+
+
+def test_unknown_names_are_config_errors(pair) -> None:
+    _, _, make = pair
+    a, _ = make()
+    with pytest.raises(ConfigError):
+        a.command_up("nope")
+    with pytest.raises(ConfigError):
+        a.command_down("web-db")  # nothing up
+
+
+def test_reload_keeps_unchanged_connections(pair, tmp_path) -> None:
+    loop, _, make = pair
+    a, b = make()
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    spis = set(a.child_sas)
+    result = a.reload(config_for(tmp_path, A, B, "shared secret key"))
+    assert result["kept"] == ["web-db"]
+    run_until(loop, lambda: False, timeout=0.2)
+    assert set(a.child_sas) == spis
+    result = a.reload(config_for(tmp_path, A, B, "shared secret key", mode="tunnel"))
+    assert result["changed"] == ["web-db"]
+    assert run_until(loop, lambda: not b.ike_sas)
