@@ -34,12 +34,16 @@ from pyipsec.wire.ike import (
     TsPayload,
     UnknownPayload,
     UnsupportedCriticalPayload,
+    VendorIdPayload,
     decrypt_message,
     encrypt_message,
     pull_header,
     pull_message,
+    push_header,
     push_message,
 )
+from pyipsec.wire.ike.header import push_generic_header
+from pyipsec.wire.ike.payloads import push_payload_chain
 
 SPI_I = bytes.fromhex("a1a2a3a4a5a6a7a8")
 SPI_R = bytes.fromhex("b1b2b3b4b5b6b7b8")
@@ -206,3 +210,50 @@ def test_closed_sk_message_reencodes_identically(cipher_pair):
     tx, rx = cipher_pair
     raw = encrypt_message(auth_request(), tx)
     assert push_message(pull_message(raw)) == raw
+
+
+def test_errors_after_authentication_are_protocol_errors(cipher_pair):
+    """Inside a verified SK: unknown critical payload and bad syntax give ProtocolError."""
+    tx, rx = cipher_pair
+    msg = Message(SPI_I, SPI_R, 37, 0, 2, [UnknownPayload(222, b"x", critical=True)])
+    with pytest.raises(UnsupportedCriticalPayload) as exc:
+        decrypt_message(encrypt_message(msg, tx), rx)
+    assert exc.value.payload_type == 222
+    assert not isinstance(exc.value, PacketError)
+
+
+def test_errors_before_authentication_are_packet_errors(cipher_pair):
+    """A malformed unauthenticated part never asks for a reply: PacketError only."""
+    tx, rx = cipher_pair
+    raw = bytearray(encrypt_message(auth_request(), tx))
+    raw[28 + 2 : 28 + 4] = (0xFFFF).to_bytes(2, "big")  # SK length beyond the message
+    with pytest.raises(MalformedPacket):
+        decrypt_message(bytes(raw), rx)
+    plain = push_message(sa_init_request())
+    with pytest.raises(MalformedPacket):  # no SK payload at all
+        decrypt_message(plain, rx)
+    short = push_message(Message(SPI_I, SPI_R, 37, 0, 2, []))
+    short = short[:16] + bytes([PayloadType.SK]) + short[17:24] + (36).to_bytes(4, "big")
+    with pytest.raises(MalformedPacket):  # SK body too short for IV and ICV
+        decrypt_message(short + bytes([0, 0, 0, 8, 1, 2, 3, 4]), rx)
+
+
+def test_unencrypted_payload_before_sk_is_authenticated(cipher_pair):
+    """RFC 7296 3.14: the ICV (AEAD: the AAD) covers everything before the SK body."""
+    tx, rx = cipher_pair
+    vid = push_payload_chain([VendorIdPayload(b"outer")], last_next=PayloadType.SK)
+    inner = push_payload_chain([NoncePayload(bytes(16))])
+    pad = -(len(inner) + 1) % tx.block_size
+    plaintext = inner + bytes(pad) + bytes([pad])
+    body_len = tx.iv_size + len(plaintext) + tx.icv_size
+    total = 28 + len(vid) + 4 + body_len
+    msg = Message(SPI_I, SPI_R, 37, FLAG_INITIATOR, 9, [])
+    aad = push_header(msg.header(PayloadType.VENDOR_ID, total)) + vid
+    aad += push_generic_header(PayloadType.NONCE, body_len)
+    raw = aad + tx.seal(aad, plaintext)
+    got = decrypt_message(raw, rx)
+    assert got.payloads == [VendorIdPayload(b"outer"), NoncePayload(bytes(16))]
+    tampered = bytearray(raw)
+    tampered[28 + 5] ^= 1  # inside the unencrypted Vendor ID
+    with pytest.raises(IntegrityError):
+        decrypt_message(bytes(tampered), rx)
