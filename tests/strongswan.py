@@ -38,21 +38,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 CHARON = "/usr/lib/ipsec/charon"
 SWANCTL = "swanctl"
 
-#: Plugins charon loads (order matters: kernel-libipsec before kernel-netlink).
-PLUGINS = (
-    "random nonce openssl aes sha1 sha2 hmac gcm chapoly curve25519 kdf pem pkcs1 pkcs8 "
-    "x509 pubkey revocation constraints kernel-libipsec kernel-netlink socket-default "
-    "vici updown"
-)
-
-SOCKET_FWMARK = "0x42"
 
 #: Credential directories swanctl --load-all reads (made empty, so it does not complain).
 SWANCTL_SUBDIRS = (
@@ -61,7 +52,24 @@ SWANCTL_SUBDIRS = (
 )  # fmt: skip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from swanctl_conf import (  # noqa: E402
+    FAST_RETRANSMIT,
+    PLUGINS,
+    SOCKET_FWMARK,
+    Child,
+    Connection,
+    Psk,
+    Retransmit,
+    render_strongswan_conf,
+    render_swanctl_conf,
+)
 from vici_client import ViciClient  # noqa: E402
+
+__all__ = [
+    "CHARON", "FAST_RETRANSMIT", "PLUGINS", "SOCKET_FWMARK", "Charon", "Child", "Connection",
+    "NetnsPair", "Psk", "Retransmit", "cleanup_all", "render_strongswan_conf",
+    "render_swanctl_conf", "run", "start_capture", "stop_process",
+]  # fmt: skip
 
 _CLEANUPS: list = []
 
@@ -215,189 +223,6 @@ class NetnsPair:
         self._up = False
 
 
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class Child:
-    """One Child SA configuration (swanctl.conf ``connections.X.children.NAME``)."""
-
-    name: str
-    local_ts: list[str]
-    remote_ts: list[str]
-    esp_proposals: list[str] = field(default_factory=lambda: ["aes128gcm16"])
-    mode: str = "tunnel"
-    start_action: str = "none"  # none | trap | start
-    dpd_action: str | None = None  # clear | trap | restart
-    close_action: str | None = None
-    rekey_time: str | None = None  # e.g. "30s"; "0" disables
-    life_time: str | None = None
-    rand_time: str | None = None
-    rekey_bytes: int | None = None
-
-    def render(self) -> str:
-        opts = {
-            "local_ts": ",".join(self.local_ts),
-            "remote_ts": ",".join(self.remote_ts),
-            "esp_proposals": ",".join(self.esp_proposals),
-            "mode": self.mode,
-            "start_action": self.start_action,
-            "dpd_action": self.dpd_action,
-            "close_action": self.close_action,
-            "rekey_time": self.rekey_time,
-            "life_time": self.life_time,
-            "rand_time": self.rand_time,
-            "rekey_bytes": self.rekey_bytes,
-        }
-        return _block(self.name, opts, indent=12)
-
-
-@dataclass
-class Connection:
-    """One IKE connection (swanctl.conf ``connections.NAME``).
-
-    ``auth`` is "psk" or "pubkey"; for pubkey give ``local_cert`` (a file name in the
-    charon's x509/ directory, see :meth:`Charon.add_cert`) and trust a CA in x509ca/.
-    """
-
-    name: str
-    local_addrs: list[str]
-    remote_addrs: list[str]
-    local_id: str
-    remote_id: str
-    children: list[Child]
-    auth: str = "psk"
-    local_cert: str | None = None
-    remote_auth: str | None = None  # default: same as auth
-    send_cert: str | None = None  # ifasked | always | never
-    remote_cacerts: str | None = None  # constrain the peer to this CA (file in x509ca/)
-    ike_proposals: list[str] = field(default_factory=lambda: ["aes128gcm16-prfsha256-x25519"])
-    version: int = 2
-    encap: bool = True
-    mobike: bool = False
-    fragmentation: str | None = None  # yes | accept | force | no
-    rekey_time: str | None = None
-    reauth_time: str | None = None
-    over_time: str | None = None
-    rand_time: str | None = None
-    dpd_delay: str | None = None
-    dpd_timeout: str | None = None
-
-    def render(self) -> str:
-        opts = {
-            "version": self.version,
-            "local_addrs": ",".join(self.local_addrs),
-            "remote_addrs": ",".join(self.remote_addrs),
-            "proposals": ",".join(self.ike_proposals),
-            "encap": "yes" if self.encap else "no",
-            "mobike": "yes" if self.mobike else "no",
-            "send_cert": self.send_cert,
-            "fragmentation": self.fragmentation,
-            "rekey_time": self.rekey_time,
-            "reauth_time": self.reauth_time,
-            "over_time": self.over_time,
-            "rand_time": self.rand_time,
-            "dpd_delay": self.dpd_delay,
-            "dpd_timeout": self.dpd_timeout,
-        }
-        local = {
-            "auth": self.auth,
-            "id": self.local_id,
-            "certs": self.local_cert,
-        }
-        remote = {
-            "auth": self.remote_auth or self.auth,
-            "id": self.remote_id,
-            "cacerts": self.remote_cacerts,
-        }
-        inner = _block("local", local, 8) + _block("remote", remote, 8)
-        inner += " " * 8 + "children {\n"
-        inner += "".join(child.render() for child in self.children)
-        inner += " " * 8 + "}\n"
-        return _block(self.name, opts, 4, inner)
-
-
-@dataclass
-class Psk:
-    """A pre-shared key between two identities (written as hex: never quoted or logged)."""
-
-    ids: tuple[str, str]
-    secret: bytes
-
-    def __repr__(self) -> str:
-        return f"Psk(ids={self.ids!r}, secret=<{len(self.secret)} bytes>)"
-
-
-def _block(name: str, opts: dict, indent: int, inner: str = "") -> str:
-    pad = " " * indent
-    lines = [f"{pad}{name} {{"]
-    lines += [f"{pad}    {k} = {v}" for k, v in opts.items() if v is not None]
-    return "\n".join(lines) + "\n" + inner + f"{pad}}}\n"
-
-
-def render_swanctl_conf(connections: Iterable[Connection], psks: Iterable[Psk]) -> str:
-    """swanctl.conf text for the given connections and PSKs."""
-    text = "connections {\n" + "".join(c.render() for c in connections) + "}\n"
-    text += "secrets {\n"
-    for index, psk in enumerate(psks):
-        text += f"    ike-{index} {{\n"
-        for n, ident in enumerate(psk.ids, 1):
-            text += f"        id-{n} = {ident}\n"
-        text += f"        secret = 0x{psk.secret.hex()}\n    }}\n"
-    return text + "}\n"
-
-
-def render_strongswan_conf(
-    workdir: Path, *, allow_peer_ts: bool = True, extra: str = "", ike_log_level: int = 2
-) -> str:
-    """strongswan.conf for a charon whose files all live in ``workdir``."""
-    return f"""charon {{
-    load_modular = no
-    load = {PLUGINS}
-    install_virtual_ip = no
-    retransmit_tries = 3
-    retransmit_timeout = 2.0
-    filelog {{
-        charon {{
-            path = {workdir}/charon.log
-            time_format = %H:%M:%S
-            append = no
-            flush_line = yes
-            ike_name = yes
-            default = 1
-            ike = {ike_log_level}
-            cfg = 2
-        }}
-    }}
-    syslog {{
-        daemon {{
-            default = -1
-        }}
-        auth {{
-            default = -1
-        }}
-    }}
-    plugins {{
-        kernel-libipsec {{
-            allow_peer_ts = {"yes" if allow_peer_ts else "no"}
-        }}
-        socket-default {{
-            fwmark = {SOCKET_FWMARK}
-        }}
-        kernel-netlink {{
-            fwmark = !{SOCKET_FWMARK}
-        }}
-        vici {{
-            socket = unix://{workdir}/charon.vici
-        }}
-    }}
-{extra}}}
-swanctl {{
-    load = pem pkcs1 pkcs8 x509 openssl curve25519
-}}
-"""
-
-
 # --------------------------------------------------------------------------- charon
 
 
@@ -416,6 +241,7 @@ class Charon:
         psks: list[Psk] | None = None,
         *,
         allow_peer_ts: bool = True,
+        retransmit: Retransmit | None = None,
         extra_conf: str = "",
         keep_dir: bool = False,
     ) -> None:
@@ -423,6 +249,7 @@ class Charon:
         self.connections = connections
         self.psks = psks or []
         self.allow_peer_ts = allow_peer_ts
+        self.retransmit = retransmit or Retransmit()
         self.extra_conf = extra_conf
         self.keep_dir = keep_dir
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{ns}-charon-"))
@@ -475,7 +302,10 @@ class Charon:
     def write_config(self) -> None:
         """Write strongswan.conf and swanctl.conf (0600: it holds the PSKs)."""
         conf = render_strongswan_conf(
-            self.workdir, allow_peer_ts=self.allow_peer_ts, extra=self.extra_conf
+            self.workdir,
+            allow_peer_ts=self.allow_peer_ts,
+            extra=self.extra_conf,
+            retransmit=self.retransmit,
         )
         (self.workdir / "strongswan.conf").write_text(conf)
         path = self.swanctl_dir / "swanctl.conf"
@@ -565,6 +395,13 @@ class Charon:
         args += ["--child", child] if child else []
         return self.swanctl(*args, "--timeout", "10", check=False)
 
+    def rekey(self, *, ike: str | None = None, child: str | None = None) -> str:
+        """Start a rekey of IKE SA ``ike`` or Child SA ``child`` (by config name)."""
+        args = ["--rekey"]
+        args += ["--ike", ike] if ike else []
+        args += ["--child", child] if child else []
+        return self.swanctl(*args)
+
     def list_sas(self) -> dict[str, dict]:
         """IKE SAs by connection name, as vici gives them (``child-sas`` nested)."""
         client = ViciClient(self.vici_path)
@@ -599,6 +436,27 @@ class Charon:
                 raise TimeoutError(f"{child} not established in {self.ns} after {timeout}s")
             time.sleep(0.1)
 
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> str:
+        """Wait until charon's log contains ``text``; return the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log_text()
+            if text in log:
+                return log
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not in charon's log ({self.ns}) after {timeout}s")
+            time.sleep(0.1)
+
+    def save_artifacts(self, directory: Path | str) -> None:
+        """Copy charon's log and configuration (not the keys) into ``directory``, e.g. a
+        results folder kept when an interop scenario fails."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{self.ns}-charon.log").write_text(self.log_text())
+        conf = self.workdir / "strongswan.conf"
+        if conf.exists():
+            shutil.copy(conf, target / f"{self.ns}-strongswan.conf")
+
     def log_text(self) -> str:
         """charon's log so far (kept after close)."""
         try:
@@ -611,6 +469,12 @@ class Charon:
         """Stop charon by pid (SIGTERM, then SIGKILL)."""
         if self.proc is not None:
             stop_process(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL charon (a crashed peer: no DELETE is sent; DPD must notice)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
 
     def close(self) -> None:
         """Stop charon, keep its log in memory, remove its work directory."""
