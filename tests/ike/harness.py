@@ -119,6 +119,7 @@ class Pair:
             rng=random.Random(rng.random()),
         )
         self.addr = {id(self.a): A_ADDR, id(self.b): B_ADDR}
+        self.a_public = A_ADDR  # set to another address to put "a" behind a NAT
         self.events: dict[str, list[IkeEvent]] = {"a": [], "b": []}
 
     def endpoints(self) -> list[tuple[str, IkeEndpoint]]:
@@ -127,7 +128,7 @@ class Pair:
     def flush(self) -> None:
         """Move produced datagrams into the network and collect events."""
         for name, ep in self.endpoints():
-            src = self.addr[id(ep)]
+            src = self.a_public if ep is self.a else B_ADDR
             for data, dst in ep.datagrams_to_send(self.now):
                 self.net.send(data, src, dst, self.now)
             while (ev := ep.next_event()) is not None:
@@ -135,7 +136,7 @@ class Pair:
 
     def deliver(self) -> None:
         for data, src, dst in self.net.due(self.now):
-            ep = self.a if dst == A_ADDR else self.b if dst == B_ADDR else None
+            ep = self.a if dst == self.a_public else self.b if dst == B_ADDR else None
             if ep is not None:
                 ep.receive_datagram(data, src, self.now)
         self.flush()

@@ -27,13 +27,14 @@ from pyipsec.ike.proposals import (
     chosen_from_response,
     chosen_sa_payload,
     from_sa_payload,
+    prefer_ke,
     select_proposal,
     to_sa_payload,
     without_ke,
 )
 from pyipsec.ike.state import ChildState
 from pyipsec.ike.ts import TsRange, check_subset, narrow, resolve
-from pyipsec.wire.iana import ExchangeType, NotifyType, ProtocolId
+from pyipsec.wire.iana import ExchangeType, NotifyType, ProtocolId, TransformType
 from pyipsec.wire.ike import (
     KePayload,
     Message,
@@ -201,7 +202,8 @@ def _rekeyed(sa: IkeSa, old: ChildSa, new: ChildSa, now: float) -> None:
             )
         )
     if loser.initiated:
-        loser.transition("rekeyed")
+        if loser.state in (ChildState.INSTALLED, ChildState.REKEYING):
+            loser.transition("rekeyed")
         sa.queue(DeleteChildTask([loser]), now, first=True)
     if winner.initiated:
         sa.queue(DeleteChildTask([old]), now)
@@ -257,10 +259,13 @@ def respond_child(
     now: float,
     *,
     pfs: bool,
-    shared: bytes | None = None,
+    ke: KePayload | None = None,
     rekey_of: ChildSa | None = None,
 ) -> list[Any]:
-    """Responder: pick a child config by selectors and proposals, install, answer."""
+    """Responder: pick a child config by selectors and proposals, install, answer.
+
+    With ``ke`` (PFS) the chosen proposal must use its group (else INVALID_KE_PAYLOAD
+    naming ours); the answer then carries our KE payload after the SA payload."""
     assert sa.peer is not None
     sa_p = msg.find(SaPayload)
     if sa_p is None:
@@ -278,17 +283,27 @@ def respond_child(
                 local = resolve(cfg.local_selectors(), sa.local_addr[0])
             tsi_n, tsr_n = narrow(tsi, remote), narrow(tsr, local)
             specs = cfg.proposals() if pfs else [without_ke(s) for s in cfg.proposals()]
+            if ke is not None:
+                specs = prefer_ke(specs, ke.group)
             chosen = select_proposal(specs, theirs)
         except ProtocolError as exc:
             first_err = first_err or exc
             continue
         if len(chosen.spi) != 4:
             raise ProtocolError("bad Child SA SPI size", notify=NotifyType.INVALID_SYNTAX)
+        shared = None
+        ke_reply: list[Any] = []
+        if ke is not None:
+            if chosen.ke != ke.group:
+                raise _InvalidKe(chosen.ke or 0)
+            value, shared = ke_by_id(ke.group).respond(ke.data)
+            ke_reply = [KePayload(ke.group, value)]
         transport = cfg.mode == "transport" and has_notify(msg, NotifyType.USE_TRANSPORT_MODE)
         spi = sa.endpoint._alloc_spi()
         outbound = struct.unpack("!I", chosen.spi)[0]
         child_payloads = [
             chosen_sa_payload(chosen, struct.pack("!I", spi)),
+            *ke_reply,
             ts_payload(tsi_n, True),
             ts_payload(tsr_n, False),
         ]
@@ -341,6 +356,7 @@ class CreateChildTask(Task):
         if self.ke_override is not None and req.ke_id is not None:
             req.ke_id = self.ke_override
             req.kx = ke_by_id(self.ke_override).new()
+            req.specs = prefer_ke(req.specs, self.ke_override)
         self.req = req
         payloads: list[Any] = []
         if self.rekey_of is not None:
@@ -370,8 +386,13 @@ class CreateChildTask(Task):
                 and len(err.data) == 2
             ):
                 group = struct.unpack("!H", err.data)[0]
-                sa.queue(CreateChildTask(self.cfg, self.rekey_of, group), now, first=True)
-                return
+                offered = {i for s in req.specs for i, _ in s.algs(TransformType.KE)}
+                if group in offered:
+                    sa.endpoint.stats["invalid_ke_retries"] += 1
+                    sa.queue(CreateChildTask(self.cfg, self.rekey_of, group), now, first=True)
+                    return
+            if self.rekey_of is not None and self.rekey_of.replaced_by is not None:
+                return  # the peer's simultaneous rekey replaced it already (2.8.1)
             if self.rekey_of is not None and self.rekey_of.state == ChildState.REKEYING:
                 self.rekey_of.transition("rekey_failed")
                 if err.notify_type == NotifyType.TEMPORARY_FAILURE:
@@ -443,21 +464,10 @@ def respond(sa: IkeSa, msg: Message, now: float) -> list[Any] | None:
         rekey_of = sa.child_by_outbound(spi)
         if rekey_of is None or rekey_of.state in (ChildState.DELETING, ChildState.DELETED):
             raise ProtocolError("no such Child SA", notify=NotifyType.CHILD_SA_NOT_FOUND)
-    payloads: list[Any] = []
-    shared = None
-    if ke is not None:
-        cfg = rekey_of.config if rekey_of else None
-        allowed = {c.pfs_ke for c in ([cfg] if cfg else sa.peer.children)} - {None}
-        if ke.group not in allowed:
-            if not allowed:
-                raise ProtocolError("PFS not configured", notify=NotifyType.NO_PROPOSAL_CHOSEN)
-            raise _InvalidKe(min(allowed))
-        value, shared = ke_by_id(ke.group).respond(ke.data)
-        payloads.append(KePayload(ke.group, value))
     child_payloads = respond_child(
-        sa, msg, nonce.data, nr, now, pfs=ke is not None, shared=shared, rekey_of=rekey_of
+        sa, msg, nonce.data, nr, now, pfs=ke is not None, ke=ke, rekey_of=rekey_of
     )
-    return child_payloads[:1] + [NoncePayload(nr)] + payloads + child_payloads[1:]
+    return child_payloads[:1] + [NoncePayload(nr)] + child_payloads[1:]
 
 
 class _InvalidKe(ProtocolError):

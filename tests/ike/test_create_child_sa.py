@@ -1,0 +1,141 @@
+"""CREATE_CHILD_SA: new Child SAs, rekeys with and without PFS, simultaneous rekeying."""
+
+import dataclasses
+
+import pytest
+
+from ike.harness import Network, Pair
+from pyipsec.ike.config import ChildConfig
+from pyipsec.ike.events import (
+    ChildSaDeleted,
+    ChildSaInstalled,
+    ChildSaRekeyed,
+    IkeSaDown,
+    IkeSaRekeyed,
+    IkeSaUp,
+    NegotiationFailed,
+)
+from pyipsec.wire.iana import NotifyType
+
+
+def live(p, side):
+    """Child SAs installed and not deleted on one side, by inbound SPI."""
+    gone = {e.inbound_spi for e in p.of(side, ChildSaDeleted)}
+    return {e.inbound_spi: e for e in p.of(side, ChildSaInstalled) if e.inbound_spi not in gone}
+
+
+def outbound_in_use(p, side):
+    """What a daemon following ChildSaRekeyed would use for sending."""
+    first = p.of(side, ChildSaInstalled)[0].outbound_spi
+    rekeys = p.of(side, ChildSaRekeyed)
+    return rekeys[-1].new_outbound_spi if rekeys else first
+
+
+def consistent(p):
+    la, lb = live(p, "a"), live(p, "b")
+    assert len(la) == 1 and len(lb) == 1
+    (ca,), (cb,) = la.values(), lb.values()
+    assert ca.inbound_spi == cb.outbound_spi and ca.inbound_key == cb.outbound_key
+    # the outbound SA each side uses is the one the other side still has inbound
+    assert outbound_in_use(p, "a") == cb.inbound_spi
+    assert outbound_in_use(p, "b") == ca.inbound_spi
+
+
+def test_additional_child_sa_both_roles():
+    extra = ChildConfig("extra", esp_proposals=("chacha20poly1305",))
+    p = Pair(children=(ChildConfig("c"), extra))
+    h = p.connect()
+    p.a.create_child(h, extra, p.now)
+    p.b.create_child(p.of("b", IkeSaUp)[0].ike_sa, extra, p.now)
+    p.advance(10)
+    names = sorted(e.child for e in p.of("a", ChildSaInstalled))
+    assert names == ["c", "extra", "extra"]
+    assert {e.algorithm for e in p.of("b", ChildSaInstalled)} == {"aes128gcm16", "chacha20poly1305"}
+    assert p.a.statistics().child_sas == 3 and p.b.statistics().child_sas == 3
+
+
+def test_pfs_group_mismatch_invalid_ke_retry():
+    # a guesses ecp256 for PFS but also offers x25519; b accepts only x25519
+    a_cfg = ChildConfig("c", pfs_group="ecp256", esp_proposals=("aes128gcm16-ecp256-x25519",))
+    b_cfg = ChildConfig("c", pfs_group="x25519")
+    base = Pair(children=(a_cfg,))
+    p = Pair(base.a_peer, dataclasses.replace(base.b_peer, children=(b_cfg,)))
+    h = p.connect()
+    p.a.rekey_child(h, "c", p.now)
+    p.advance(10)
+    assert p.a.statistics().counter("invalid_ke_retries") == 1
+    assert len(p.of("a", ChildSaInstalled)) == 2
+    consistent(p)
+
+
+def test_pfs_group_unacceptable():
+    a_cfg = ChildConfig("c", pfs_group="ecp256")
+    b_cfg = ChildConfig("c", pfs_group="x25519")
+    base = Pair(children=(a_cfg,))
+    p = Pair(base.a_peer, dataclasses.replace(base.b_peer, children=(b_cfg,)))
+    h = p.connect()
+    p.a.create_child(h, a_cfg, p.now)
+    p.advance(10)
+    assert p.of("a", NegotiationFailed)[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert p.a.statistics().child_sas == 1 and p.b.statistics().child_sas == 1
+
+
+def test_new_child_ts_unacceptable_keeps_others():
+    p = Pair()
+    h = p.connect()
+    p.a.create_child(
+        h,
+        ChildConfig("x", mode="tunnel", local_ts=("10.0.0.0/8",), remote_ts=("10.0.0.0/8",)),
+        p.now,
+    )
+    p.advance(10)
+    (nf,) = p.of("a", NegotiationFailed)
+    assert nf.notify == NotifyType.TS_UNACCEPTABLE and nf.child == "x"
+    assert p.a.statistics().child_sas == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_simultaneous_child_rekey(seed):
+    p = Pair(seed=seed, children=(ChildConfig("c", pfs_group="x25519"),))
+    p.connect()
+    ha, hb = p.of("a", IkeSaUp)[0].ike_sa, p.of("b", IkeSaUp)[0].ike_sa
+    p.a.rekey_child(ha, "c", p.now)
+    p.b.rekey_child(hb, "c", p.now)
+    p.advance(30)
+    consistent(p)
+    assert p.a.statistics().counter("rekey_collisions") == 1
+    assert p.b.statistics().counter("rekey_collisions") == 1
+    for side in "ab":
+        assert len(p.of(side, ChildSaInstalled)) == 3  # original, two successors
+        assert len(p.of(side, ChildSaDeleted)) == 2  # original, redundant successor
+        assert not p.of(side, NegotiationFailed)
+
+
+def test_simultaneous_child_rekey_slow_link():
+    """One side's response arrives before the other's request (different path delays)."""
+    p = Pair(seed=5, network=Network(seed=5, latency=0.3))
+    p.connect()
+    ha, hb = p.of("a", IkeSaUp)[0].ike_sa, p.of("b", IkeSaUp)[0].ike_sa
+    p.a.rekey_child(ha, "c", p.now)
+    p.advance(0.2)
+    p.b.rekey_child(hb, "c", p.now)
+    p.advance(30)
+    consistent(p)
+
+
+def test_simultaneous_ike_rekey():
+    p = Pair(seed=3)
+    p.connect()
+    ha, hb = p.of("a", IkeSaUp)[0].ike_sa, p.of("b", IkeSaUp)[0].ike_sa
+    p.a.rekey_ike(ha, p.now)
+    p.b.rekey_ike(hb, p.now)
+    p.advance(60)
+    for side in "ab":
+        assert len(p.of(side, IkeSaRekeyed)) == 1
+        assert not p.of(side, IkeSaDown) and not p.of(side, ChildSaDeleted)
+    sa_a, sa_b = p.a.ike_sas()[0], p.b.ike_sas()[0]
+    assert (sa_a.spi_i, sa_a.spi_r) == (sa_b.spi_i, sa_b.spi_r)
+    assert p.a.statistics().ike_sas == 1 and p.b.statistics().ike_sas == 1
+    p.b.rekey_child(hb, "c", p.now)  # the new IKE SA works
+    p.advance(10)
+    consistent(p)
