@@ -11,6 +11,7 @@ import pytest
 from pyipsec.crypto.ike_ciphers import encr_key_size, integ_key_size, sk_cipher
 from pyipsec.crypto.ike_keys import (
     IkeKeys,
+    apply_ppk,
     child_keymat,
     derive_ike_keys,
     rekey_ike_keys,
@@ -269,3 +270,21 @@ def test_both_sides_derive_the_same_keys(ke_id: int, encr: int, bits, integ: int
     with pytest.raises(IntegrityError):
         wrong.open(aad, send.seal(aad, bytes(32)))
     assert child_keymat(ki.prf, ki.sk_d, NI, NR, 72) == child_keymat(kr.prf, kr.sk_d, NI, NR, 72)
+
+
+def test_apply_ppk_rfc8784() -> None:
+    keys = derive_ike_keys("prf-hmac-sha256", NI, NR, GIR, SPI_I, SPI_R, 32, 32)
+    ppk = b"post-quantum preshared key material, 32+ bytes long"
+    new = apply_ppk(keys, ppk)
+    assert new.sk_d == plus(ppk, keys.sk_d, 32)
+    assert new.sk_pi == plus(ppk, keys.sk_pi, 32)
+    assert new.sk_pr == plus(ppk, keys.sk_pr, 32)
+    assert (new.sk_ai, new.sk_ar, new.sk_ei, new.sk_er) == (
+        keys.sk_ai,
+        keys.sk_ar,
+        keys.sk_ei,
+        keys.sk_er,
+    )
+    assert apply_ppk(keys, ppk + b"!") != new
+    with pytest.raises(ValueError):
+        apply_ppk(keys, b"")

@@ -22,6 +22,9 @@
 
   computed with the *old* IKE SA's PRF; the prf+ that follows uses the new PRF.
 
+* Post-quantum preshared key (RFC 8784 section 3), :func:`apply_ppk`: SK_d, SK_pi and
+  SK_pr each replaced by prf+ (PPK, old value).
+
 * Child SA (RFC 7296 section 2.17, RFC 9370 section 2.2.4)::
 
       KEYMAT = prf+ (SK_d, Ni | Nr)                           (no PFS)
@@ -52,6 +55,7 @@ __all__ = [
     "child_keymat",
     "split_child_keymat",
     "ChildKeys",
+    "apply_ppk",
 ]
 
 _KEY_FIELDS = ("sk_d", "sk_ai", "sk_ar", "sk_ei", "sk_er", "sk_pi", "sk_pr")
@@ -238,6 +242,31 @@ def rekey_ike_keys(
     op = p if old_prf is None else Prf.get(old_prf)
     seed = rekey_skeyseed(op, old_sk_d, shared_secret, ni, nr, additional_shared_secrets)
     return _expand(p, seed, ni, nr, spi_i, spi_r, encr_key_len, integ_key_len)
+
+
+def apply_ppk(keys: IkeKeys, ppk: bytes) -> IkeKeys:
+    """Mix a post-quantum preshared key into SK_d, SK_pi and SK_pr (RFC 8784 section 3)::
+
+        SK_d  = prf+ (PPK, SK_d')
+        SK_pi = prf+ (PPK, SK_pi')
+        SK_pr = prf+ (PPK, SK_pr')
+
+    where the primed values are those of RFC 7296; each result keeps its length. The SK_a*
+    and SK_e* keys are unchanged (IKE_AUTH is still protected by the original keys).
+    """
+    if not ppk:
+        raise ValueError("empty PPK")
+    p = keys.prf
+    return IkeKeys(
+        p,
+        p.prf_plus(ppk, keys.sk_d, len(keys.sk_d)),
+        keys.sk_ai,
+        keys.sk_ar,
+        keys.sk_ei,
+        keys.sk_er,
+        p.prf_plus(ppk, keys.sk_pi, len(keys.sk_pi)),
+        p.prf_plus(ppk, keys.sk_pr, len(keys.sk_pr)),
+    )
 
 
 def child_keymat(
