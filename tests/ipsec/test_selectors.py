@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyipsec.errors import ConfigError
+from pyipsec.errors import ConfigError, SelectorMismatch
+from pyipsec.ipsec import SecurityAssociation
 from pyipsec.ipsec.selectors import (
     AddressRange,
     PortRange,
@@ -17,6 +19,7 @@ from pyipsec.ipsec.selectors import (
     parse_protocol,
 )
 from pyipsec.wire.flow import Flow
+from pyipsec.wire.ip import Ipv4Header, push_ipv4
 
 
 def ip(text: str) -> int:
@@ -397,3 +400,25 @@ def test_mirror_in_equals_out(flow: Flow) -> None:
         Selector.from_fields("any", "any", "icmp", "0-100", "0-7"),
     ):
         assert sel.matches(flow, "out") == sel.mirror().matches(flow, "in")
+
+
+def test_selector_as_sa_selectors() -> None:
+    """H1's SecurityAssociation checks decapsulated packets with ``matches(flow)``."""
+
+    def udp(src: str, dst: str, sport: int, dport: int) -> bytes:
+        hdr = Ipv4Header(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, 17)
+        body = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + (12).to_bytes(2, "big")
+        return push_ipv4(hdr, 12) + body + b"\0\0abcd"
+
+    key = os.urandom(20)
+    # we (10.0.0.2) accept from the peer 10.0.0.1 only DNS replies to our ports 1024-65535
+    ours = Selector.parse("10.0.0.2[udp/1024-65535]", "10.0.0.1[udp/53]")
+    receiver = SecurityAssociation(0x100, key=key, selectors=ours)
+    sender = SecurityAssociation(0x100, key=key)
+    good = udp("10.0.0.1", "10.0.0.2", 53, 40000)
+    assert receiver.decapsulate(sender.encapsulate(good)) == good
+    with pytest.raises(SelectorMismatch):
+        receiver.decapsulate(sender.encapsulate(udp("10.0.0.1", "10.0.0.2", 54, 40000)))
+    with pytest.raises(SelectorMismatch):
+        receiver.decapsulate(sender.encapsulate(udp("10.0.0.3", "10.0.0.2", 53, 40000)))
+    assert receiver.statistics().selector_mismatch_packets == 2
