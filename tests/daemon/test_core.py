@@ -9,70 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import textwrap
-from typing import Any
 
 import pytest
 
+from daemonfakes import FakeDataplane, FakeNetwork
 from pyipsec.daemon.config import DaemonConfig, load_config
 from pyipsec.daemon.core import Daemon
 from pyipsec.errors import ConfigError
-from pyipsec.ike.events import ChildSaDeleted, ChildSaInstalled
 
 A, B = "10.1.0.1", "10.1.0.2"
-
-
-class FakeDataplane:
-    def __init__(self) -> None:
-        self.installed: dict[int, ChildSaInstalled] = {}
-        self.removed: list[ChildSaDeleted] = []
-        self.policies: list[DaemonConfig] = []
-
-    def install(self, child: ChildSaInstalled) -> None:
-        self.installed[child.inbound_spi] = child
-
-    def remove(self, child: ChildSaDeleted) -> None:
-        self.removed.append(child)
-        self.installed.pop(child.inbound_spi, None)
-
-    def set_policies(self, config: DaemonConfig) -> None:
-        self.policies.append(config)
-
-    def sa_statistics(self) -> dict[int, dict[str, int]]:
-        return {spi: {"bytes_in": 100, "packets_in": 1} for spi in self.installed}
-
-    def statistics(self) -> dict[str, int]:
-        return {"bad_spi_packets": 0}
-
-    def close(self) -> None:
-        pass
-
-
-class FakeNetwork:
-    """Delivers datagrams between daemons by address, asynchronously; can drop all."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.hosts: dict[str, Daemon] = {}
-        self.blocked: set[str] = set()
-        self.count = 0
-
-    def port(self, address: str) -> Any:
-        network = self
-
-        class Port:
-            def send(self, data: bytes, remote: tuple[str, int], local_port: int) -> None:
-                network.count += 1
-                target = network.hosts.get(remote[0])
-                if target is None or address in network.blocked or remote[0] in network.blocked:
-                    return
-                network.loop.call_soon(
-                    target.datagram, data, (address, local_port), (remote[0], remote[1])
-                )
-
-            def close(self) -> None:
-                pass
-
-        return Port()
 
 
 def config_for(
@@ -121,7 +66,7 @@ def pair(tmp_path):
                 clock=loop.time,
                 loop=loop,
             )
-            net.hosts[me] = daemon
+            net.hosts[me] = daemon.datagram
             daemons.append(daemon)
         for daemon in daemons:
             daemon.start()

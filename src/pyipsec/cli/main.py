@@ -18,6 +18,7 @@ from pyipsec.errors import PyipsecError
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("pyipsec.cli.dataplane", "commands"),
     ("pyipsec.cli.monitor", "commands"),
+    ("pyipsec.cli.daemon", "commands"),
 ]
 
 
