@@ -58,6 +58,8 @@ def _chain(sa: IkeSa, from_initiator: bool, flags: int, mid: int, payloads: list
     else:
         sa.int_auth_r = prf.prf(sa.keys.sk_pr, sa.int_auth_r + octets)
     sa.ctx["intermediate"] = True
+    if from_initiator:
+        sa.endpoint.stats["intermediate_exchanges"] += 1
 
 
 def _update_keys(sa: IkeSa, shared: bytes) -> None:

@@ -1,0 +1,196 @@
+"""IKE_SA_INIT through the harness: every group and IKE cipher, NAT detection, cookies,
+INVALID_KE_PAYLOAD, notifies announced, bad requests answered without state."""
+
+import struct
+
+import pytest
+
+from ike.harness import A_ADDR, B_ADDR, Pair, peer_config
+from pyipsec.ike.config import ChildConfig
+from pyipsec.ike.events import ChildSaInstalled, IkeSaUp, NegotiationFailed
+from pyipsec.ike.exchanges.ike_sa_init import nat_hash
+from pyipsec.wire.iana import ExchangeType, NotifyType
+from pyipsec.wire.ike import KePayload, Message, NotifyPayload, pull_message, push_message
+
+
+def both(proposal, **kw):
+    c = (ChildConfig("c"),)
+    return Pair(
+        peer_config("to-b", B_ADDR[0], ike_proposals=(proposal,), children=c, **kw),
+        peer_config("to-a", A_ADDR[0], ike_proposals=(proposal,), children=c, **kw),
+    )
+
+
+def check_up(p, proposal):
+    assert p.of("a", IkeSaUp)[0].proposal == p.of("b", IkeSaUp)[0].proposal == proposal
+    (ca,), (cb,) = p.of("a", ChildSaInstalled), p.of("b", ChildSaInstalled)
+    assert ca.inbound_key == cb.outbound_key and ca.outbound_key == cb.inbound_key
+
+
+@pytest.mark.parametrize(
+    "group", ["modp2048", "modp3072", "modp4096", "ecp256", "ecp384", "ecp521", "x25519", "x448"]
+)
+def test_every_group(group):
+    proposal = f"aes128gcm16-prfsha256-{group}"
+    p = both(proposal)
+    p.connect()
+    check_up(p, proposal)
+
+
+@pytest.mark.parametrize(
+    "proposal",
+    [
+        "aes256gcm16-prfsha384-x25519",
+        "aes128gcm8-prfsha256-x25519",
+        "aes192gcm12-prfsha512-x25519",
+        "chacha20poly1305-prfsha256-x25519",
+        "aes128-sha256-prfsha256-x25519",
+        "aes256-sha384-prfsha384-x25519",
+        "aes256-sha512-prfsha512-x25519",
+        "aes128-sha1-prfsha1-x25519",
+    ],
+)
+def test_every_ike_cipher(proposal):
+    p = both(proposal)
+    p.connect()
+    check_up(p, proposal)
+
+
+def test_nat_detected_behind_nat():
+    ca = ChildConfig("c", mode="tunnel", local_ts=("10.1.0.0/16",), remote_ts=("10.2.0.0/16",))
+    cb = ChildConfig("c", mode="tunnel", local_ts=("10.2.0.0/16",), remote_ts=("10.1.0.0/16",))
+    p = Pair(
+        peer_config("to-b", B_ADDR[0], children=(ca,)), peer_config("to-a", "%any", children=(cb,))
+    )
+    p.a_public = ("198.51.100.7", 40000)  # a's packets arrive from its NAT
+    p.connect()
+    (ca,), (cb,) = p.of("a", ChildSaInstalled), p.of("b", ChildSaInstalled)
+    assert ca.encap_udp and cb.encap_udp
+    assert p.of("b", IkeSaUp)[0].remote_addr == ("198.51.100.7", 40000)
+
+
+def test_no_nat_no_encap():
+    p = Pair()
+    p.connect()
+    assert not p.of("a", ChildSaInstalled)[0].encap_udp
+
+
+def test_nat_hash_depends_on_all_inputs():
+    base = nat_hash(b"i" * 8, b"r" * 8, ("192.0.2.1", 500))
+    assert len(base) == 20
+    assert base != nat_hash(b"i" * 8, b"r" * 8, ("192.0.2.1", 4500))
+    assert base != nat_hash(b"i" * 8, b"s" * 8, ("192.0.2.1", 500))
+    assert base != nat_hash(b"i" * 8, b"r" * 8, ("2001:db8::1", 500))
+
+
+def capture_init(p):
+    """The IKE_SA_INIT request a sends and b's answer."""
+    seen = []
+    p.net.tamper = lambda data, dst: (seen.append((data, dst)), data)[1]
+    p.a.initiate(p.a_peer, p.a_peer.children[0], p.now)
+    p.flush()
+    return seen
+
+
+def test_request_announces_features():
+    p = Pair(
+        peer_config(
+            "to-b",
+            B_ADDR[0],
+            children=(ChildConfig("c"),),
+            ike_proposals=("aes128gcm16-prfsha256-x25519-mlkem768",),
+        )
+    )
+    ((req, _),) = capture_init(p)
+    msg = pull_message(req)
+    types = {n.notify_type for n in msg.notifies()}
+    assert {
+        NotifyType.NAT_DETECTION_SOURCE_IP,
+        NotifyType.NAT_DETECTION_DESTINATION_IP,
+        NotifyType.IKEV2_FRAGMENTATION_SUPPORTED,
+        NotifyType.SIGNATURE_HASH_ALGORITHMS,
+        NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED,
+    } <= types
+    sig = next(msg.notifies(NotifyType.SIGNATURE_HASH_ALGORITHMS))
+    assert 2 in struct.unpack(f"!{len(sig.data) // 2}H", sig.data)
+
+
+def test_cookie_state_less_and_bad_cookie_rejected():
+    p = Pair(b_endpoint={"cookie_threshold": 0})
+    ((req, _),) = capture_init(p)
+    p.net.tamper = None
+    p.b.receive_datagram(req, A_ADDR, p.now)
+    ((ans, _),) = p.b.datagrams_to_send(p.now)
+    msg = pull_message(ans)
+    (cookie,) = list(msg.notifies(NotifyType.COOKIE))
+    assert p.b.statistics().ike_sas == 0 and p.b.statistics().half_open == 0
+    # a forged cookie is answered with a fresh challenge, again without state
+    orig = pull_message(req)
+    forged = Message(
+        orig.spi_i,
+        orig.spi_r,
+        orig.exchange_type,
+        orig.flags,
+        0,
+        [NotifyPayload(notify_type=NotifyType.COOKIE, data=b"\x00" * 36), *orig.payloads],
+    )
+    p.b.receive_datagram(push_message(forged), A_ADDR, p.now)
+    ((ans2, _),) = p.b.datagrams_to_send(p.now)
+    assert next(pull_message(ans2).notifies(NotifyType.COOKIE)).data == cookie.data
+    assert p.b.statistics().ike_sas == 0 and p.b.cookies.statistics().rejected == 1
+
+
+def test_retransmitted_init_request_gets_same_answer():
+    p = Pair()
+    ((req, _),) = capture_init(p)
+    p.net.tamper = None
+    p.b.receive_datagram(req, A_ADDR, p.now)
+    first = p.b.datagrams_to_send(p.now)
+    p.b.receive_datagram(req, A_ADDR, p.now)
+    again = p.b.datagrams_to_send(p.now)
+    assert first == again and p.b.statistics().ike_sas == 1
+    assert p.b.statistics().counter("retransmitted_requests") == 1
+
+
+def test_bad_ke_value_answered_invalid_syntax():
+    p = Pair()
+    ((req, _),) = capture_init(p)
+    orig = pull_message(req)
+    payloads = [
+        KePayload(31, b"\x01" * 5) if isinstance(x, KePayload) else x for x in orig.payloads
+    ]
+    bad = Message(orig.spi_i, orig.spi_r, ExchangeType.IKE_SA_INIT, orig.flags, 0, payloads)
+    p.b.receive_datagram(push_message(bad), A_ADDR, p.now)
+    ((ans, _),) = p.b.datagrams_to_send(p.now)
+    assert next(pull_message(ans).notifies()).notify_type == NotifyType.INVALID_SYNTAX
+    assert p.b.statistics().ike_sas == 0
+
+
+def test_invalid_ke_unacceptable_group_fails():
+    a = peer_config(
+        "to-b",
+        B_ADDR[0],
+        ike_proposals=("aes128gcm16-prfsha256-x25519",),
+        children=(ChildConfig("c"),),
+    )
+    b = peer_config(
+        "to-a",
+        A_ADDR[0],
+        ike_proposals=("aes128gcm16-prfsha256-ecp256-x25519",),
+        children=(ChildConfig("c"),),
+    )
+    p = Pair(a, b)
+    p.connect()  # b accepts the x25519 guess directly: no INVALID_KE round trip
+    assert p.b.statistics().counter("invalid_ke_sent") == 0
+
+
+def test_half_open_timeout_forgets_responder_state():
+    p = Pair()
+    p.net.tamper = lambda data, dst: data if dst == B_ADDR else None  # b's answers lost
+    p.a.initiate(p.a_peer, None, p.now)
+    p.advance(5)
+    assert p.b.statistics().half_open == 1
+    p.advance(40)
+    assert p.b.statistics().half_open == 0 and p.b.statistics().ike_sas == 0
+    assert p.b.statistics().counter("half_open_timeouts") == 1
+    assert p.of("a", NegotiationFailed) or p.a.statistics().ike_sas == 1
