@@ -27,7 +27,9 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -128,12 +130,14 @@ class Host:
 class Capture:
     """A tcpdump capture on one interface of a host, written to a temporary pcap file."""
 
-    def __init__(self, host: Host, iface: str, bpf: str = "not arp and not icmp6") -> None:
+    def __init__(
+        self, host: Host, iface: str, bpf: str = "not arp and not icmp6", snaplen: int = 0
+    ) -> None:
         fd, self.path = tempfile.mkstemp(prefix="pyi-cap-", suffix=".pcap")
         os.close(fd)
         self.host = host
         self.proc = host.spawn(
-            ["tcpdump", "-n", "-U", "-s", "0", "-i", iface, "-w", self.path, bpf],
+            ["tcpdump", "-n", "-U", "-s", str(snaplen), "-i", iface, "-w", self.path, bpf],
             stdout=subprocess.DEVNULL,
         )
         # tcpdump announces itself on stderr once the socket is bound
@@ -147,6 +151,15 @@ class Capture:
         if b"listening on" not in line:
             raise RuntimeError(f"tcpdump did not start: {line!r}")
         time.sleep(0.2)
+
+    def stop_raw(self) -> list[bytes]:
+        """Stop tcpdump and return the captured frames as bytes (fast, no dissection)."""
+        time.sleep(0.3)
+        self.host.stop(self.proc, signal.SIGINT)
+        try:
+            return read_pcap(self.path)
+        finally:
+            os.unlink(self.path)
 
     def stop(self) -> list:
         """Stop tcpdump and return the captured packets (scapy objects)."""
@@ -210,8 +223,10 @@ class Topology:
         a.run("ip", "route", "add", "10.99.2.0/24", "via", b.addr4)
         a.run("ip", "-6", "route", "add", "fd99:2::/64", "via", b.addr6)
 
-    def capture(self, host: Host, iface: str, bpf: str = "not arp and not icmp6") -> Capture:
-        return Capture(host, iface, bpf)
+    def capture(
+        self, host: Host, iface: str, bpf: str = "not arp and not icmp6", snaplen: int = 0
+    ) -> Capture:
+        return Capture(host, iface, bpf, snaplen)
 
     def close(self) -> None:
         """Kill every process started here (by pid) and delete the namespaces."""
@@ -231,6 +246,157 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_pcap(path: str) -> list[bytes]:
+    """Frames of a classic pcap file (what ``tcpdump -w`` writes), as bytes."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return []
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    rec = struct.Struct(endian + "IIII")
+    out = []
+    off = 24
+    while off + 16 <= len(data):
+        _s, _us, caplen, _len = rec.unpack_from(data, off)
+        off += 16
+        out.append(data[off : off + caplen])
+        off += caplen
+    return out
+
+
+def ip_of_frame(frame: bytes) -> tuple[int, str, str, int, int, bytes] | None:
+    """(version, src, dst, protocol, dport, ip_packet) of an Ethernet frame, None if not IP.
+
+    ``dport`` is the UDP/TCP destination port or the ICMPv6 type (0 otherwise); the IPv6
+    protocol is the first next-header (extension headers are not walked).
+    """
+    import ipaddress
+
+    if len(frame) < 14:
+        return None
+    etype = int.from_bytes(frame[12:14], "big")
+    ip = frame[14:]
+    if etype == 0x0800 and len(ip) >= 20:
+        ihl = (ip[0] & 15) * 4
+        proto = ip[9]
+        port = int.from_bytes(ip[ihl + 2 : ihl + 4], "big") if proto in (6, 17) else 0
+        src, dst = ipaddress.IPv4Address(ip[12:16]), ipaddress.IPv4Address(ip[16:20])
+        return 4, str(src), str(dst), proto, port, ip
+    if etype == 0x86DD and len(ip) >= 40:
+        proto = ip[6]
+        if proto in (6, 17):
+            port = int.from_bytes(ip[42:44], "big")
+        elif proto == 58:
+            port = ip[40]
+        else:
+            port = 0
+        src, dst = ipaddress.IPv6Address(ip[8:24]), ipaddress.IPv6Address(ip[24:40])
+        return 6, str(src), str(dst), proto, port, ip
+    return None
+
+
+# --------------------------------------------------------------------------- traffic
+
+_RECEIVER = r"""
+import hashlib, socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+c.settimeout(float(sys.argv[3]))
+h = hashlib.sha256()
+n = 0
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+_SENDER = r"""
+import hashlib, os, socket, sys, time
+addr, port, size, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
+rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+src = (sys.argv[7], 0) if len(sys.argv) > 7 and sys.argv[7] else None
+s = socket.create_connection((addr, port), timeout=float(sys.argv[6]), source_address=src)
+h = hashlib.sha256()
+unit = b"".join(marker + os.urandom(64 - len(marker)) for _ in range(1024))
+sent = 0
+t0 = time.monotonic()
+while sent < size:
+    chunk = unit[: size - sent]
+    s.sendall(chunk)
+    h.update(chunk)
+    sent += len(chunk)
+    if rate:
+        lag = sent / rate - (time.monotonic() - t0)
+        if lag > 0:
+            time.sleep(lag)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+print(sent, h.hexdigest(), flush=True)
+"""
+
+
+@dataclass
+class Transfer:
+    """A TCP transfer between two hosts; :meth:`wait` returns (sent, received) as
+    ``(bytes, sha256)`` pairs."""
+
+    receiver: subprocess.Popen
+    sender: subprocess.Popen
+    server: Host
+    client: Host
+
+    def wait(self, timeout: float = 120) -> tuple[tuple[int, str], tuple[int, str]]:
+        out_s, err_s = self.sender.communicate(timeout=timeout)
+        out_r, err_r = self.receiver.communicate(timeout=timeout)
+        self.client.procs.remove(self.sender) if self.sender in self.client.procs else None
+        self.server.procs.remove(self.receiver) if self.receiver in self.server.procs else None
+        if self.sender.returncode or self.receiver.returncode:
+            raise RuntimeError(
+                f"transfer failed: sender {self.sender.returncode} {err_s.decode()[-500:]} "
+                f"receiver {self.receiver.returncode} {err_r.decode()[-500:]}"
+            )
+        ls = out_s.decode().split()
+        lr = out_r.decode().split()  # "ready" was read by start_transfer
+        return (int(ls[0]), ls[1]), (int(lr[0]), lr[1])
+
+
+def start_transfer(
+    server: Host,
+    client: Host,
+    addr: str,
+    size: int,
+    *,
+    port: int = 5001,
+    marker: str = "PYI-PLAINTEXT-MARKER",
+    rate: float = 0.0,
+    timeout: float = 60.0,
+    source: str = "",
+) -> Transfer:
+    """Start a receiver on ``server`` bound to ``addr`` and a sender on ``client`` sending
+    ``size`` bytes made of 64-byte units that each start with ``marker``; ``rate`` limits
+    the sender (bytes/s, 0 = as fast as possible); ``source`` binds the client's address."""
+    rx = server.spawn([sys.executable, "-c", _RECEIVER, addr, str(port), str(timeout)])
+    assert rx.stdout is not None
+    line = rx.stdout.readline()
+    if b"ready" not in line:
+        raise RuntimeError(f"receiver did not start: {rx.stderr.read() if rx.stderr else ''}")
+    tx = client.spawn(
+        [sys.executable, "-c", _SENDER, addr, str(port), str(size), marker, str(rate),
+         str(timeout), source]
+    )  # fmt: skip
+    return Transfer(rx, tx, server, client)
 
 
 @atexit.register

@@ -5,6 +5,7 @@ Chains (SPD order is rule order; the first matching rule decides, as in the SPD)
     output      type route hook output priority mangle    (locally generated packets)
         meta mark SOCKET_MARK accept        the data plane's own ESP/AH/UDP packets
         oifname "lo" accept                 host-local traffic is never IPsec's business
+        icmpv6 ND/MLD accept                neighbour discovery stays plain (also on input)
         PROTECT out-selector -> meta mark set MARK accept   (re-routed into pyipsec0)
         BYPASS  out-selector -> accept
         DISCARD out-selector -> counter drop
@@ -43,6 +44,8 @@ from pyipsec.platform.linux.routing import RoutingConfig
 Expr = dict[str, Any]
 
 TABLE = TableRef("inet", "pyipsec")
+#: ICMPv6 types exempt from IPsec: MLD (130-132, 143) and ND (133-137), RFC 4301 4.4.1
+ND_TYPES = (130, 131, 132, 133, 134, 135, 136, 137, 143)
 
 
 def _match(left: Expr, right: Any, op: str = "==") -> Expr:
@@ -149,10 +152,19 @@ def compile_ruleset(entries: Iterable[SpdEntry], cfg: RoutingConfig) -> list[dic
         _rule("output", [_match(_meta("oifname"), "lo"), ACCEPT]),
         _rule("prerouting", [_match(_meta("iifname"), tun), ACCEPT]),
     ]
+    # IPv6 neighbour discovery and MLD never go through IPsec (they resolve the very
+    # addresses the ESP packets are sent to); accepted before any SPD entry.
+    nd = [
+        _match(_meta("l4proto"), 58),
+        _match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}),
+        ACCEPT,
+    ]
+    body.append(_rule("output", nd))
     ipsec_protos = {"set": [50, 51]}
     for chain in ("input", "forward"):
         body.append(_rule(chain, [_match(_meta("iifname"), tun), ACCEPT]))
         body.append(_rule(chain, [_match(_meta("l4proto"), ipsec_protos), ACCEPT]))
+        body.append(_rule(chain, nd))
         body.append(
             _rule(
                 chain,

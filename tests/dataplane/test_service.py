@@ -1,0 +1,229 @@
+"""End-to-end tests of the user-space data plane in network namespaces (needs root).
+
+Hosts pyi-a, pyi-b, pyi-c (tests/netns.py). Each test starts ``pyipsec dataplane --static``
+on A and B with manual SAs, sends ping and a 20 MB TCP transfer (checked by SHA-256) while
+tcpdump records B's veth towards A, and checks that the wire held only ESP/AH/UDP-4500
+between A and B and never the plaintext marker; C <-> B stays plain and works.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import yaml
+
+from netns import Host, Topology, ip_of_frame, start_transfer
+from pyipsec.control.client import ControlClient
+from pyipsec.crypto.esp_algorithms import get_algorithm
+
+pytestmark = pytest.mark.netns
+
+PYIPSEC = os.path.join(os.path.dirname(sys.executable), "pyipsec")
+MARKER = "PYI-PLAINTEXT-MARKER"
+SIZE = 20 * 1024 * 1024
+INNER = {4: ("10.99.10.1", "10.99.20.1"), 6: ("fd99:10::1", "fd99:20::1")}
+ND_TYPES = {130, 131, 132, 133, 134, 135, 136, 137, 143}
+
+
+@pytest.fixture(scope="module")
+def topo():
+    t = Topology(tag="-" + uuid.uuid4().hex[:4])
+    try:
+        # inner addresses for subnet-to-subnet tunnel mode, routed through the peer
+        for h, peer, (mine, theirs) in ((t.a, t.b, (0, 1)), (t.b, t.a, (1, 0))):
+            for v in (4, 6):
+                plen = 32 if v == 4 else 128
+                h.run("ip", "addr", "add", f"{INNER[v][mine]}/{plen}", "dev", "lo")
+                via = peer.addr4 if v == 4 else peer.addr6
+                h.run("ip", f"-{v}", "route", "add", INNER[v][theirs], "via", via)
+        yield t
+    finally:
+        t.close()
+
+
+class Dataplanes:
+    """Runs ``pyipsec dataplane`` in namespaces; always stops and flushes them."""
+
+    def __init__(self, topo: Topology, tmp: str) -> None:
+        self.topo = topo
+        self.tmp = tmp
+        self.procs: dict[str, tuple[Host, subprocess.Popen]] = {}
+
+    def control(self, host: Host) -> str:
+        return f"/run/pyipsec/test-{host.ns}.sock"
+
+    def start(self, host: Host, static: dict) -> subprocess.Popen:
+        path = os.path.join(self.tmp, f"{host.ns}.yaml")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(static, f)
+        proc = host.spawn([PYIPSEC, "dataplane", "--static", path,
+                           "--control", self.control(host)])  # fmt: skip
+        self.procs[host.ns] = (host, proc)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"data plane exited: {proc.stderr.read().decode()}")
+            try:
+                ControlClient(self.control(host), timeout=2).call("status")
+                return proc
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError("data plane did not come up")
+
+    def call(self, host: Host, command: str, **args):
+        return ControlClient(self.control(host)).call(command, **args)
+
+    def inbound_errors(self, host: Host) -> dict[str, int]:
+        return dict(self.call(host, "stats")["inbound"]["pipeline"]["errors"])
+
+    def stop(self, host: Host, sig: int = signal.SIGTERM) -> None:
+        h, proc = self.procs.pop(host.ns)
+        h.stop(proc, sig)
+
+    def flush(self, host: Host) -> None:
+        host.run(PYIPSEC, "flush", "--control", self.control(host))
+
+    def close(self) -> None:
+        for ns in list(self.procs):
+            self.stop(self.procs[ns][0])
+        for h in self.topo.hosts[:2]:
+            self.flush(h)
+
+
+@pytest.fixture
+def dps(topo, tmp_path):
+    d = Dataplanes(topo, str(tmp_path))
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def keyhex(algorithm: str, protocol: str, seed: int) -> str:
+    n = get_algorithm(algorithm, protocol).key_len
+    return bytes((seed * 7 + i) & 0xFF for i in range(n)).hex()
+
+
+def static_pair(
+    topo: Topology,
+    *,
+    version: int = 4,
+    protocol: str = "esp",
+    mode: str = "transport",
+    algorithm: str = "aes128gcm16",
+    encap: str | None = None,
+    inner: bool = False,
+    extra_policies: tuple[dict, ...] = (),
+) -> tuple[dict, dict]:
+    """Static files for A and B: one SA each way, one PROTECT policy per side."""
+    a_out = topo.a.addr4 if version == 4 else topo.a.addr6
+    b_out = topo.b.addr4 if version == 4 else topo.b.addr6
+    sas = []
+    for spi, src, dst in ((0x1001, a_out, b_out), (0x1002, b_out, a_out)):
+        key = keyhex(algorithm, protocol, spi)
+        sa = {"spi": spi, "src": src, "dst": dst, "protocol": protocol, "mode": mode,
+              "algorithm": algorithm, "key": key, "child": "ab"}  # fmt: skip
+        if encap:
+            sa["encap"] = encap
+        sas.append(sa)
+    a_sel, b_sel = INNER[version] if inner else (a_out, b_out)
+    files = []
+    for local, remote in ((a_sel, b_sel), (b_sel, a_sel)):
+        pols = [dict(p) for p in extra_policies]
+        pols.append({"name": "ab", "local": local, "remote": remote, "action": "protect",
+                     "priority": 1000})  # fmt: skip
+        files.append({"sas": sas, "policies": pols})
+    return files[0], files[1]
+
+
+def a_b_addresses(topo: Topology) -> tuple[set[str], set[str]]:
+    a = {topo.a.addr4, topo.a.addr6, INNER[4][0], INNER[6][0]}
+    b = {topo.b.addr4, topo.b.addr6, INNER[4][1], INNER[6][1]}
+    return a, b
+
+
+def check_wire(
+    topo: Topology, frames: list[bytes], *, allow_udp: set[int] = frozenset(), ah: bool = False
+) -> int:
+    """Assert no plaintext between A and B; returns the number of protected packets seen.
+
+    AH authenticates but does not encrypt: with ``ah`` the marker may appear inside AH.
+    """
+    a, b = a_b_addresses(topo)
+    protected = 0
+    marker = MARKER.encode()
+    for f in frames:
+        info = ip_of_frame(f)
+        if info is None:
+            continue
+        v, src, dst, proto, port, _ip = info
+        if not ((src in a and dst in b) or (src in b and dst in a)):
+            continue
+        if proto in (50, 51) or (proto == 17 and port in (4500, 500)):
+            protected += 1
+            assert ah or marker not in f, "marker inside a protected packet"
+            continue
+        if proto == 58 and port in ND_TYPES:
+            continue
+        if proto == 17 and port in allow_udp:
+            continue
+        raise AssertionError(f"plaintext on the wire: v{v} {src} -> {dst} proto {proto} {port}")
+    for f in frames:
+        if marker in f and not ah:
+            info = ip_of_frame(f)
+            raise AssertionError(f"plaintext marker on the wire: {info[:5] if info else f[:40]}")
+    return protected
+
+
+def run_case(topo, dps, version, **kw) -> None:
+    inner = kw.get("inner", False)
+    fa, fb = static_pair(topo, version=version, **kw)
+    dps.start(topo.a, fa)
+    dps.start(topo.b, fb)
+    cap = topo.capture(topo.b, "eth0", "", snaplen=192)
+    if inner:
+        dst = INNER[version][1]
+    else:
+        dst = topo.b.addr4 if version == 4 else topo.b.addr6
+    src_args = ["-I", INNER[version][0]] if inner else []
+    res = topo.a.run("ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2", *src_args, dst,
+                     check=False)  # fmt: skip
+    assert res.returncode == 0, res.stdout.decode()
+    src = INNER[version][0] if inner else ""
+    xfer = start_transfer(topo.b, topo.a, dst, SIZE, marker=MARKER, source=src)
+    sent, received = xfer.wait()
+    # C <-> B is not covered by any policy: plain and working
+    assert topo.c.ping(topo.b_c4) and topo.c.ping(topo.b_c6)
+    frames = cap.stop_raw()
+    assert sent == received and sent[0] == SIZE
+    # GSO super-packets are captured unsegmented on the veth: only a loose lower bound
+    assert check_wire(topo, frames, ah=kw.get("protocol") == "ah") > 100
+    errors = dps.inbound_errors(topo.b)
+    assert not errors, errors
+
+
+CASES = [
+    pytest.param(4, {"mode": "transport"}, id="esp-gcm-transport-v4"),
+    pytest.param(6, {"mode": "transport", "algorithm": "aes128-sha256"}, id="esp-cbc-transport-v6"),
+    pytest.param(4, {"mode": "tunnel", "algorithm": "chacha20poly1305", "inner": True},
+                 id="esp-chacha-tunnel-v4"),
+    pytest.param(6, {"mode": "tunnel", "inner": True}, id="esp-gcm-tunnel-v6"),
+    pytest.param(4, {"protocol": "ah", "algorithm": "sha256"}, id="ah-transport-v4"),
+    pytest.param(6, {"protocol": "ah", "algorithm": "sha256", "mode": "tunnel"},
+                 id="ah-tunnel-v6"),
+    pytest.param(4, {"mode": "tunnel", "encap": "udp", "inner": True}, id="udp-tunnel-v4"),
+    pytest.param(6, {"mode": "transport", "encap": "udp", "algorithm": "chacha20poly1305"},
+                 id="udp-transport-v6"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("version,kw", CASES)
+def test_transfer_protected(topo, dps, version, kw):
+    run_case(topo, dps, version, **kw)
