@@ -206,3 +206,33 @@ def test_rekey_and_dpd_between_charons() -> None:
         while charon_a.list_sas():
             assert time.monotonic() < deadline, charon_a.log_text()[-3000:]
             time.sleep(0.2)
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not os.path.exists(strongswan.CHARON), reason="strongSwan not installed")
+def test_mismatched_psk_fails_cleanly(tmp_path: Path) -> None:
+    """A failed negotiation raises with charon's output; both logs say why; artifacts
+    (logs, no keys) can be kept for a results folder."""
+    conn_a, conn_b = _connections()
+    ids = ("a@pyi", "b@pyi")
+    psk_a, psk_b = [Psk(ids=ids, secret=os.urandom(32))], [Psk(ids=ids, secret=os.urandom(32))]
+    with (
+        _pair(),
+        Charon(NS_A, [conn_a], psk_a, retransmit=strongswan.FAST_RETRANSMIT) as charon_a,
+        Charon(NS_B, [conn_b], psk_b, retransmit=strongswan.FAST_RETRANSMIT) as charon_b,
+    ):
+        with pytest.raises(RuntimeError, match="AUTHENTICATION_FAILED|failed"):
+            charon_a.initiate("t-c", timeout=8)
+        charon_b.wait_for_log("tried 1 shared key for 'b@pyi' - 'a@pyi', but MAC mismatched")
+        charon_a.wait_for_log("AUTHENTICATION_FAILED")
+        assert charon_a.child_sas("t-c") == [] and charon_b.child_sas("t-c") == []
+        for charon in (charon_a, charon_b):
+            charon.save_artifacts(tmp_path / "results")
+    saved = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert saved == [
+        f"{ns}-{name}" for ns in (NS_A, NS_B) for name in ("charon.log", "strongswan.conf")
+    ]
+    for path in (tmp_path / "results").iterdir():
+        text = path.read_text()
+        for psk in psk_a + psk_b:
+            assert psk.secret.hex() not in text
