@@ -17,7 +17,7 @@ from pyipsec.daemon.main import run
 A, B = "10.2.0.1", "10.2.0.2"
 
 
-def write_config(directory, me: str, peer: str, *, mode: str = "transport") -> str:
+def write_config(directory, me: str, peer: str, *, start: str = "trap") -> str:
     directory.mkdir(exist_ok=True)
     secrets = directory / "secrets.yaml"
     secrets.write_text('psk:\n  web-db: "shared secret key"\n')
@@ -35,8 +35,8 @@ def write_config(directory, me: str, peer: str, *, mode: str = "transport") -> s
             remote: {{auth: psk, id: {peer}}}
             children:
               db:
-                mode: {mode}
-                start_action: start
+                mode: transport
+                start_action: {start}
         """)
     )
     return str(path)
@@ -46,7 +46,10 @@ def write_config(directory, me: str, peer: str, *, mode: str = "transport") -> s
 def two_daemons(tmp_path):
     loop = asyncio.new_event_loop()
     net = FakeNetwork(loop)
-    paths = {A: write_config(tmp_path / "a", A, B), B: write_config(tmp_path / "b", B, A)}
+    paths = {
+        A: write_config(tmp_path / "a", A, B, start="start"),
+        B: write_config(tmp_path / "b", B, A),
+    }
     planes = {A: FakeDataplane(), B: FakeDataplane()}
     ready = {A: asyncio.Event(), B: asyncio.Event()}
     tasks = []
