@@ -90,17 +90,7 @@ def pull_header(data: bytes) -> IkeHeader:
     spi_i, spi_r, nxt, ver, xchg, flags, mid, length = _HEADER.unpack_from(data, 0)
     if length < IKE_HEADER_SIZE or length > len(data):
         raise MalformedPacket(f"IKE header length {length} invalid for a {len(data)}-byte datagram")
-    return IkeHeader(
-        spi_i=spi_i,
-        spi_r=spi_r,
-        next_payload=nxt,
-        major=ver >> 4,
-        minor=ver & 0x0F,
-        exchange_type=xchg,
-        flags=flags,
-        message_id=mid,
-        length=length,
-    )
+    return IkeHeader(spi_i, spi_r, nxt, ver >> 4, ver & 0x0F, xchg, flags, mid, length)
 
 
 def push_header(header: IkeHeader) -> bytes:

@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 from pyipsec.errors import ProtocolError
 from pyipsec.wire.iana import IdType, NotifyType, PayloadType, ProtocolId
 from pyipsec.wire.ike.header import (
+    _GENERIC,
+    CRITICAL_BIT,
     GENERIC_HEADER_SIZE,
     pull_generic_header,
-    push_generic_header,
     syntax_error,
 )
 from pyipsec.wire.ike.sa_payload import SaPayload, pull_sa, push_sa
@@ -403,9 +404,14 @@ def pull_payload_chain(
     nxt = first_type
     pos = offset
     sk_offset = end
+    unpack = _GENERIC.unpack_from
     while nxt != _PT_NONE:
         ptype = nxt
-        nxt, critical, length = pull_generic_header(data, pos, end)
+        if end - pos < GENERIC_HEADER_SIZE:
+            pull_generic_header(data, pos, end)  # raises the syntax error
+        nxt, flags, length = unpack(data, pos)
+        if length < GENERIC_HEADER_SIZE or pos + length > end:
+            pull_generic_header(data, pos, end)  # raises the syntax error
         body = data[pos + GENERIC_HEADER_SIZE : pos + length]
         if ptype == _PT_SK or ptype == _PT_SKF:
             if not allow_encrypted:
@@ -420,7 +426,11 @@ def pull_payload_chain(
                 first = nxt if number == 1 else 0
                 payloads.append(EncryptedFragmentPayload(first, number, total, bytes(body[4:])))
             return payloads, sk_offset
-        payloads.append(pull_payload_body(ptype, body, critical))
+        pull = _PULL.get(ptype)
+        if pull is not None:
+            payloads.append(pull(body))
+        else:
+            payloads.append(pull_payload_body(ptype, body, bool(flags & CRITICAL_BIT)))
         pos += length
     if pos != end:
         raise syntax_error(f"{end - pos} bytes after the last payload")
@@ -430,15 +440,29 @@ def pull_payload_chain(
 def push_payload_chain(payloads: Sequence[Any], last_next: int = PayloadType.NONE) -> bytes:
     """Encode payloads with their generic headers; ``last_next`` is the last Next Payload."""
     out = bytearray()
+    count = len(payloads)
     for i, p in enumerate(payloads):
-        nxt = payloads[i + 1].payload_type if i + 1 < len(payloads) else last_next
-        if isinstance(p, EncryptedPayload | EncryptedFragmentPayload):
+        kind = type(p)
+        push = _PUSH.get(kind)
+        if push is None:
+            raise TypeError(f"cannot encode {kind.__name__} as a payload body")
+        body = push(p)
+        critical = False
+        if i + 1 < count:
+            nxt = payloads[i + 1].payload_type
+        else:
+            nxt = last_next
+        if kind is EncryptedPayload or kind is EncryptedFragmentPayload:
             # A still-closed SK/SKF (e.g. re-encoding a message read by pull_message):
             # its Next Payload names the first inner payload, and it must come last.
-            if i + 1 != len(payloads):
+            if i + 1 != count:
                 raise ValueError("an SK/SKF payload must be the last payload")
             nxt = p.first_payload_type
-        body = push_payload_body(p)
-        critical = bool(getattr(p, "critical", False))
-        out += push_generic_header(nxt, len(body), critical) + body
+        elif kind is UnknownPayload:
+            critical = p.critical
+        length = len(body) + GENERIC_HEADER_SIZE
+        if length > 0xFFFF:
+            raise ValueError(f"payload too long: {length} bytes")
+        out += _GENERIC.pack(nxt, CRITICAL_BIT if critical else 0, length)
+        out += body
     return bytes(out)

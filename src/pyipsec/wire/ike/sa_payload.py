@@ -26,6 +26,7 @@ _ATTR_TV = 0x8000
 # rekeying the IKE SA in CREATE_CHILD_SA; ESP and AH 4. Unknown protocols: any.
 _SPI_SIZES = {int(ProtocolId.IKE): (0, 8), int(ProtocolId.ESP): (4,), int(ProtocolId.AH): (4,)}
 _KEY_LENGTH = int(TransformAttr.KEY_LENGTH)
+_KEY_LENGTH_TV = (0x8000 | _KEY_LENGTH).to_bytes(2, "big")
 
 
 # RFC 7296 section 3.3.2: transform substructure.
@@ -109,6 +110,12 @@ def _pull_transform(data: bytes, offset: int, end: int) -> tuple[Transform, int,
         raise syntax_error(f"transform Last Substruc {last} is neither 0 nor 3")
     if length < _TRANSFORM.size or offset + length > end:
         raise syntax_error(f"transform length {length} invalid")
+    if length == _TRANSFORM.size:  # the common cases first: no attribute...
+        return Transform(ttype, tid), last, offset + length
+    if length == _TRANSFORM.size + 4 and data[offset + 8 : offset + 10] == _KEY_LENGTH_TV:
+        # ...or only a Key Length
+        key_length = int.from_bytes(data[offset + 10 : offset + 12], "big")
+        return Transform(ttype, tid, key_length), last, offset + length
     key_length, others = _pull_attributes(data, offset + _TRANSFORM.size, offset + length)
     return Transform(ttype, tid, key_length, others), last, offset + length
 
