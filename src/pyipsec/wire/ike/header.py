@@ -31,7 +31,7 @@ FLAG_RESPONSE = 0x20
 CRITICAL_BIT = 0x80
 
 _HEADER = struct.Struct("!8s8sBBBBII")
-_GENERIC = struct.Struct("!BBH")
+GENERIC_HEADER = struct.Struct("!BBH")  # RFC 7296 3.2: Next Payload, C|RESERVED, Length
 
 
 def syntax_error(message: str) -> ProtocolError:
@@ -120,7 +120,7 @@ def pull_generic_header(data: bytes, offset: int, end: int) -> tuple[int, bool, 
     """
     if end - offset < GENERIC_HEADER_SIZE:
         raise syntax_error(f"truncated payload header at offset {offset}")
-    nxt, flags, length = _GENERIC.unpack_from(data, offset)
+    nxt, flags, length = GENERIC_HEADER.unpack_from(data, offset)
     if length < GENERIC_HEADER_SIZE or offset + length > end:
         raise syntax_error(
             f"payload length {length} at offset {offset} exceeds the {end - offset} bytes left"
@@ -133,4 +133,4 @@ def push_generic_header(next_payload: int, body_length: int, critical: bool = Fa
     length = body_length + GENERIC_HEADER_SIZE
     if length > 0xFFFF:
         raise ValueError(f"payload too long: {length} bytes")
-    return _GENERIC.pack(next_payload, CRITICAL_BIT if critical else 0, length)
+    return GENERIC_HEADER.pack(next_payload, CRITICAL_BIT if critical else 0, length)

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 from pyipsec.errors import ProtocolError
 from pyipsec.wire.iana import IdType, NotifyType, PayloadType, ProtocolId
 from pyipsec.wire.ike.header import (
-    _GENERIC,
     CRITICAL_BIT,
+    GENERIC_HEADER,
     GENERIC_HEADER_SIZE,
     pull_generic_header,
     syntax_error,
@@ -404,7 +404,7 @@ def pull_payload_chain(
     nxt = first_type
     pos = offset
     sk_offset = end
-    unpack = _GENERIC.unpack_from
+    unpack = GENERIC_HEADER.unpack_from
     while nxt != _PT_NONE:
         ptype = nxt
         if end - pos < GENERIC_HEADER_SIZE:
@@ -463,6 +463,6 @@ def push_payload_chain(payloads: Sequence[Any], last_next: int = PayloadType.NON
         length = len(body) + GENERIC_HEADER_SIZE
         if length > 0xFFFF:
             raise ValueError(f"payload too long: {length} bytes")
-        out += _GENERIC.pack(nxt, CRITICAL_BIT if critical else 0, length)
+        out += GENERIC_HEADER.pack(nxt, CRITICAL_BIT if critical else 0, length)
         out += body
     return bytes(out)
