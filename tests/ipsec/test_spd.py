@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyipsec.errors import ConfigError
+from pyipsec.ipsec import Lifetime
 from pyipsec.ipsec.selectors import AddressRange, PortRange, Selector
 from pyipsec.ipsec.spd import Action, SaTemplate, Spd, SpdEntry, SpdStatistics
 from pyipsec.wire.flow import Flow
@@ -157,6 +158,8 @@ def test_add_remove_replace_by_name() -> None:
         spd.remove("zzz")
     with pytest.raises(ConfigError):
         spd.add("not an entry")  # type: ignore[arg-type]
+    assert spd.statistics().rejected_changes == 4
+    assert spd.statistics().changes == 4  # refused changes changed nothing
     assert spd.remove("b") is b
     assert "b" not in spd and "a" in spd and spd.get("b") is None
     assert spd.get("a").action is Action.DISCARD
@@ -216,6 +219,7 @@ def test_statistics() -> None:
         no_match=1,
         cache_hits=0,
         changes=3,
+        rejected_changes=0,
         entry_hits=(("p", 2), ("b", 1), ("d", 1)),
     )
     with pytest.raises(AttributeError):
@@ -266,6 +270,10 @@ def test_action_parse() -> None:
             "template.tunnel_remote",
         ),
         ({"tunnel_local": "192.0.2.1"}, "template.tunnel_local"),
+        ({"algorithms": ("aes128gcm",)}, "template.algorithms"),  # typo
+        ({"protocol": "ah", "algorithms": ("aes128gcm16",)}, "template.algorithms"),
+        ({"algorithms": ("sha256",)}, "template.algorithms"),  # AH-only keyword for ESP
+        ({"lifetime": 3600}, "template.lifetime"),
     ],
 )
 def test_template_errors(kwargs: dict[str, object], key: str) -> None:
@@ -287,6 +295,9 @@ def test_template_valid_forms() -> None:
     )
     assert t.algorithms == ("aes256gcm16", "aes128-sha256")
     assert SaTemplate("c", algorithms="chacha20poly1305").algorithms == ("chacha20poly1305",)
+    life = Lifetime(soft_seconds=3000, hard_seconds=3600)
+    ah = SaTemplate("c", protocol="ah", algorithms=("sha256", "sha512"), lifetime=life)
+    assert ah.lifetime is life
 
 
 @pytest.mark.parametrize(

@@ -6,18 +6,17 @@ ordered SPD (decorrelation is not done): a packet gets the *first* entry that ma
 entry's place among entries of equal priority.
 
 Lookup does not scan the entries. Per direction and address family, every entry is filed
-under the smallest prefix covering its local range and the one covering its remote range
-(its length rounded down to a multiple of 8 bits for IPv4, 16 for IPv6, so host pairs,
-/24s, /64s and wildcards stay exact while odd lengths and arbitrary ranges share a coarser
-bucket and are checked exactly). Entries with the same pair of prefix lengths form
-a *group*: a hash table keyed by ``(local >> host_bits, remote >> host_bits)`` whose
-buckets are split by protocol (one list per protocol number plus one for "any"), each
-list sorted by order. A lookup probes each group once, and groups are visited by the
-lowest order they contain so the search stops as soon as no remaining group can beat the
-best match found. The cost therefore depends on the number of distinct prefix-length
-pairs in use (a handful in practice: /32-/32 host pairs, a few subnet sizes, /0
-wildcards) and on bucket sizes, not on the number of entries. ``bench/spd_bench.py``
-measures it.
+under the prefix of its local range and the prefix of its remote range (for a range that
+is not a prefix, the smallest prefix covering it, shortened to a multiple of 8 bits for
+IPv4 and 16 for IPv6 so that odd ranges add few groups; such entries are checked exactly).
+Entries with the same pair of prefix lengths form a *group*: a hash table keyed by
+``(local >> host_bits, remote >> host_bits)`` whose buckets are split by protocol (one
+list per protocol number plus one for "any"), each list sorted by order. A lookup probes
+each group once, and groups are visited by the lowest order they contain so the search
+stops as soon as no remaining group can beat the best match found. The cost therefore
+depends on the number of distinct prefix-length pairs in use (a handful in practice:
+/32-/32 host pairs, a few subnet sizes, /0 wildcards) and on bucket sizes, not on the
+number of entries. ``bench/spd_bench.py`` measures it.
 
 Results may be cached per flow (``cache_size``); every change to the SPD empties the
 cache, so a cached answer is always the answer a fresh lookup would give.
@@ -30,9 +29,10 @@ import ipaddress
 from bisect import insort
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
+from pyipsec.crypto.esp_algorithms import get_algorithm
 from pyipsec.errors import ConfigError
+from pyipsec.ipsec.lifetime import Lifetime
 from pyipsec.ipsec.selectors import AddressRange, Selector
 from pyipsec.wire.flow import Flow
 
@@ -86,7 +86,7 @@ class SaTemplate:
     tunnel_remote: str | None = None  #: tunnel mode: the peer's outer address
     #: acceptable algorithms, strongSwan keywords, most preferred first
     algorithms: tuple[str, ...] = ("aes128gcm16",)
-    lifetime: Any = None  #: a :class:`pyipsec.ipsec.Lifetime` or ``None``
+    lifetime: Lifetime | None = None  #: soft/hard limits of the SAs, ``None`` for none
     encap: str | None = None  #: ``None`` or ``"udp"`` (ESP in UDP, RFC 3948)
     connection: str | None = None  #: the IKE connection the child belongs to, if named
 
@@ -107,6 +107,13 @@ class SaTemplate:
             object.__setattr__(self, "algorithms", tuple(self.algorithms))
         if not self.algorithms or not all(isinstance(a, str) and a for a in self.algorithms):
             raise ConfigError("at least one algorithm keyword is needed", key="template.algorithms")
+        for name in self.algorithms:
+            try:
+                get_algorithm(name, self.protocol)
+            except ConfigError as exc:
+                raise ConfigError(exc.reason, key="template.algorithms") from None
+        if self.lifetime is not None and not isinstance(self.lifetime, Lifetime):
+            raise ConfigError("lifetime must be a Lifetime or None", key="template.lifetime")
         if self.encap not in (None, "udp"):
             raise ConfigError(
                 f"encap must be None or 'udp', not {self.encap!r}", key="template.encap"
@@ -192,6 +199,7 @@ class SpdStatistics:
     no_match: int  #: lookups no entry matched
     cache_hits: int  #: lookups answered from the flow cache
     changes: int  #: adds, removes and replaces since creation
+    rejected_changes: int  #: adds, removes and replaces refused (nothing changed)
     #: per entry, in SPD order: (name, lookups it answered)
     entry_hits: tuple[tuple[str, int], ...] = field(default=())
 
@@ -326,6 +334,7 @@ class Spd:
         self._no_match = 0
         self._cache_hits = 0
         self._changes = 0
+        self._rejected = 0
         self._per_action = {a: 0 for a in Action}
         for entry in entries:
             self.add(entry)
@@ -353,12 +362,16 @@ class Spd:
         self._sorted = None
         self._changes += 1
 
+    def _reject(self, message: str, key: str) -> ConfigError:
+        self._rejected += 1
+        return ConfigError(message, key=key)
+
     def add(self, entry: SpdEntry) -> None:
         """Add an entry after all entries of the same priority."""
         if not isinstance(entry, SpdEntry):
-            raise ConfigError("not an SpdEntry", key="entry")
+            raise self._reject("not an SpdEntry", "entry")
         if entry.name in self._by_name:
-            raise ConfigError(f"an SPD entry named {entry.name!r} exists", key="name")
+            raise self._reject(f"an SPD entry named {entry.name!r} exists", "name")
         self._seq += 1
         c = _Compiled(entry, self._seq)
         self._index(c)
@@ -370,7 +383,7 @@ class Spd:
         """Remove the entry called ``name`` and return it."""
         c = self._by_name.get(name)
         if c is None:
-            raise ConfigError(f"no SPD entry named {name!r}", key="name")
+            raise self._reject(f"no SPD entry named {name!r}", "name")
         self._unindex(c)
         del self._by_name[name]
         del self._hits[name]
@@ -383,10 +396,10 @@ class Spd:
         Returns the old entry.
         """
         if not isinstance(entry, SpdEntry):
-            raise ConfigError("not an SpdEntry", key="entry")
+            raise self._reject("not an SpdEntry", "entry")
         old = self._by_name.get(entry.name)
         if old is None:
-            raise ConfigError(f"no SPD entry named {entry.name!r}", key="name")
+            raise self._reject(f"no SPD entry named {entry.name!r}", "name")
         c = _Compiled(entry, old.key[1])
         self._unindex(old)
         self._index(c)
@@ -501,5 +514,6 @@ class Spd:
             no_match=self._no_match,
             cache_hits=self._cache_hits,
             changes=self._changes,
+            rejected_changes=self._rejected,
             entry_hits=tuple((e.name, self._hits[e.name]) for e in self.entries()),
         )
