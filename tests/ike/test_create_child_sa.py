@@ -139,3 +139,55 @@ def test_simultaneous_ike_rekey():
     p.b.rekey_child(hb, "c", p.now)  # the new IKE SA works
     p.advance(10)
     consistent(p)
+
+
+class Outbound:
+    """Follows one side's events the way a daemon does: the outbound SA is set by a new
+    Child SA (not a rekey successor), switched by ChildSaRekeyed, gone when deleted."""
+
+    def __init__(self, p, side):
+        self.p, self.side, self.seen, self.spi = p, side, 0, None
+        self.live_in: set[int] = set()
+
+    def update(self):
+        evs = self.p.events[self.side]
+        for e in evs[self.seen :]:
+            if isinstance(e, ChildSaInstalled):
+                self.live_in.add(e.inbound_spi)
+                if e.rekeyed_from is None:
+                    self.spi = e.outbound_spi
+            elif isinstance(e, ChildSaRekeyed):
+                self.spi = e.new_outbound_spi
+            elif isinstance(e, ChildSaDeleted):
+                self.live_in.discard(e.inbound_spi)
+                if e.outbound_spi == self.spi:
+                    self.spi = None
+        self.seen = len(evs)
+
+
+def run_checking_outbound(p, seconds):
+    a, b = Outbound(p, "a"), Outbound(p, "b")
+    end = p.now + seconds
+    while p.now < end and p.step():
+        a.update()
+        b.update()
+        assert a.spi is not None and b.spi is not None, "an outbound SA was lost"
+        assert a.spi in b.live_in, "a sends on an SA b does not have"
+        assert b.spi in a.live_in, "b sends on an SA a does not have"
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("latency", [0.01, 0.3])
+def test_simultaneous_rekey_never_loses_outbound(seed, latency):
+    p = Pair(seed=seed, network=Network(seed=seed, latency=latency, delay=0.3, max_delay=0.5))
+    p.connect()
+    ha, hb = p.of("a", IkeSaUp)[0].ike_sa, p.of("b", IkeSaUp)[0].ike_sa
+    p.a.rekey_child(ha, "c", p.now)
+    if seed % 2:
+        p.advance(latency * (seed % 3))
+    p.b.rekey_child(hb, "c", p.now)
+    run_checking_outbound(p, 30)
+    consistent(p)
+    p.a.rekey_child(ha, "c", p.now)  # and an ordinary rekey afterwards
+    run_checking_outbound(p, 30)
+    consistent(p)

@@ -58,7 +58,9 @@ class ChildSa:
     initiated: bool
     nonces: tuple[bytes, bytes]
     state: ChildState = ChildState.INSTALLED
-    replaced_by: ChildSa | None = None
+    replaced_by: ChildSa | None = None  # successor (after a rekey)
+    predecessor: ChildSa | None = None  # the SA this one rekeyed
+    in_use: bool = True  # the pair the daemon sends on (per the events it saw)
 
     @property
     def name(self) -> str:

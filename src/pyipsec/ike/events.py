@@ -71,6 +71,12 @@ class IkeSaDown(IkeEvent):
 class ChildSaInstalled(IkeEvent):
     """A Child SA pair is ready: install the inbound SA, then the outbound one.
 
+    Outbound switching rule (what keeps traffic flowing through rekeys, RFC 7296 2.8):
+    a new Child SA (``rekeyed_from`` None) carries outbound traffic at once; a rekey
+    successor (``rekeyed_from`` set) is installed now but carries outbound traffic only
+    from the :class:`ChildSaRekeyed` event that names it, which comes once the peer is
+    known to hold it (and, for a simultaneous rekey, only for the surviving SA).
+
     ike_sa: handle of the IKE SA. child: ChildConfig name. protocol: "esp" or "ah".
     mode: "transport" or "tunnel". inbound_spi/outbound_spi: 32-bit SPIs (we receive with
     inbound_spi, we send with outbound_spi). algorithm: SecurityAssociation keyword, e.g.
@@ -107,10 +113,10 @@ class ChildSaInstalled(IkeEvent):
 
 @dataclass(frozen=True, slots=True)
 class ChildSaRekeyed(IkeEvent):
-    """A Child SA was replaced; the new pair was announced by ChildSaInstalled just before.
+    """Switch outbound traffic of a Child SA to another (already installed) pair.
 
-    old_inbound_spi/old_outbound_spi: the replaced pair (deleted right after this event, a
-    ChildSaDeleted follows). new_inbound_spi/new_outbound_spi: the pair now in use.
+    old_inbound_spi/old_outbound_spi: the pair used so far (a ChildSaDeleted for it follows
+    when it is removed). new_inbound_spi/new_outbound_spi: the pair to send on from now.
     """
 
     ike_sa: int

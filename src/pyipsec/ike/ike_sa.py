@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from pyipsec.errors import MalformedPacket, PacketError, ProtocolError, PyipsecError, StateError
 from pyipsec.ike.child_sa import ChildSa
 from pyipsec.ike.config import PeerConfig
-from pyipsec.ike.events import ChildSaDeleted, IkeEvent, IkeSaDown, NegotiationFailed
+from pyipsec.ike.events import (
+    ChildSaDeleted,
+    ChildSaRekeyed,
+    IkeEvent,
+    IkeSaDown,
+    NegotiationFailed,
+)
 from pyipsec.ike.exchanges import Task, notify
 from pyipsec.ike.retransmit import Retransmitter
 from pyipsec.ike.state import IkeState, ike_allows, ike_transition
@@ -374,7 +380,31 @@ class IkeSa:
     def child_by_outbound(self, spi: int) -> ChildSa | None:
         return next((c for c in self.children if c.outbound_spi == spi), None)
 
+    def announce(self, old: ChildSa, new: ChildSa) -> None:
+        """Tell the daemon to send on ``new`` instead of ``old`` (ChildSaRekeyed)."""
+        if new.in_use and not old.in_use:
+            return
+        old.in_use, new.in_use = False, True
+        self.emit(
+            ChildSaRekeyed(
+                self.handle,
+                old.name,
+                old.inbound_spi,
+                old.outbound_spi,
+                new.inbound_spi,
+                new.outbound_spi,
+            )
+        )
+
     def remove_child(self, child: ChildSa, reason: str) -> None:
+        if child in self.children and child.in_use:
+            # never leave the daemon without an outbound SA while a successor exists
+            succ = child.replaced_by
+            if succ is None or succ not in self.children:
+                pred = child.predecessor
+                succ = pred.replaced_by if pred is not None else None
+            if succ is not None and succ is not child and succ in self.children:
+                self.announce(child, succ)
         if child in self.children:
             self.children.remove(child)
             self.endpoint._release_spi(child.inbound_spi)

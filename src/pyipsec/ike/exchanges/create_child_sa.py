@@ -20,7 +20,7 @@ from pyipsec.crypto.ke import ke_by_id
 from pyipsec.errors import ProtocolError
 from pyipsec.ike.child_sa import ChildSa, derive_child_keys, lifetimes
 from pyipsec.ike.config import ChildConfig
-from pyipsec.ike.events import ChildSaRekeyed, NegotiationFailed
+from pyipsec.ike.events import NegotiationFailed
 from pyipsec.ike.exchanges import Task, error_notify, get_notify, has_notify, notify
 from pyipsec.ike.proposals import (
     check_chosen,
@@ -147,6 +147,7 @@ def _install(
         initiated,
         (ni, nr),
     )
+    child.in_use = rekey_of is None  # a successor carries traffic once announced
     sa.children.append(child)
     sa.endpoint.stats["child_sas_installed"] += 1
     sa.emit(
@@ -164,48 +165,39 @@ def _install(
 
 
 def _rekeyed(sa: IkeSa, old: ChildSa, new: ChildSa, now: float) -> None:
-    """``new`` replaces ``old``; resolve a simultaneous rekey (RFC 7296 2.8.1)."""
+    """``new`` replaces ``old``; resolve a simultaneous rekey (RFC 7296 2.8.1).
+
+    Outbound switching (ChildSaRekeyed) happens only once the peer is known to hold the
+    new SA: at once when we initiated the exchange (the peer answered, so it installed it);
+    for an SA we created as responder, when the peer deletes the old SA (see
+    IkeSa.remove_child). With a collision, the SA of the exchange with the lowest nonce is
+    redundant: its initiator deletes it, the other initiator deletes the old SA.
+    """
     from pyipsec.ike.exchanges.informational import DeleteChildTask
 
+    new.predecessor = old
     rival = old.replaced_by
+    if old.state in (ChildState.INSTALLED, ChildState.REKEYING):
+        old.transition("rekeyed")
     if rival is None or rival not in sa.children:
-        if old.state in (ChildState.INSTALLED, ChildState.REKEYING):
-            old.transition("rekeyed")
         old.replaced_by = new
-        sa.emit(
-            ChildSaRekeyed(
-                sa.handle,
-                old.name,
-                old.inbound_spi,
-                old.outbound_spi,
-                new.inbound_spi,
-                new.outbound_spi,
-            )
-        )
         if new.initiated:
+            sa.announce(old, new)
             sa.queue(DeleteChildTask([old]), now)
         return
-    # two successors: the exchange with the lowest nonce created the redundant one
     sa.endpoint.stats["rekey_collisions"] += 1
     loser = min((rival, new), key=lambda c: min(c.nonces))
     winner = new if loser is rival else rival
     old.replaced_by = winner
-    if loser is rival:
-        sa.emit(
-            ChildSaRekeyed(
-                sa.handle,
-                old.name,
-                rival.inbound_spi,
-                rival.outbound_spi,
-                new.inbound_spi,
-                new.outbound_spi,
-            )
-        )
     if loser.initiated:
         if loser.state in (ChildState.INSTALLED, ChildState.REKEYING):
             loser.transition("rekeyed")
+        loser.replaced_by = winner
         sa.queue(DeleteChildTask([loser]), now, first=True)
     if winner.initiated:
+        current = next((c for c in (old, loser) if c.in_use), None)
+        if current is not None:
+            sa.announce(current, winner)
         sa.queue(DeleteChildTask([old]), now)
 
 
