@@ -17,9 +17,9 @@ from pyipsec.wire.ike.message import (
     SKF_HEADER_SIZE,
     IkeCipher,
     Message,
-    _message_from,
-    _read_outer,
+    message_from_header,
     open_body,
+    read_outer,
 )
 from pyipsec.wire.ike.payloads import EncryptedFragmentPayload, pull_payload_chain
 
@@ -107,7 +107,7 @@ class Reassembler:
         """Process one datagram whose IKE header announces SKF."""
         self._count("fragments_received")
         try:
-            header, outer, skf_offset = _read_outer(data)
+            header, outer, skf_offset = read_outer(data)
             if len(outer) != 1 or not isinstance(outer[0], EncryptedFragmentPayload):
                 raise syntax_error("an SKF fragment must carry the SKF payload only")
             frag = outer[0]
@@ -173,4 +173,4 @@ class Reassembler:
             self._count("messages_invalid")
             raise
         self._count("messages_reassembled")
-        return _message_from(pending.header, inner)
+        return message_from_header(pending.header, inner)

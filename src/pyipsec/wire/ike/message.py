@@ -129,7 +129,8 @@ class Message:
                 yield p
 
 
-def _message_from(header: IkeHeader, payloads: list[Any]) -> Message:
+def message_from_header(header: IkeHeader, payloads: list[Any]) -> Message:
+    """A Message with the header fields of ``header`` and the given payloads."""
     return Message(
         header.spi_i,
         header.spi_r,
@@ -142,7 +143,7 @@ def _message_from(header: IkeHeader, payloads: list[Any]) -> Message:
     )
 
 
-def _read_outer(data: bytes) -> tuple[IkeHeader, list[Any], int]:
+def read_outer(data: bytes) -> tuple[IkeHeader, list[Any], int]:
     """Header and outer payload chain of a whole datagram; returns the SK/SKF offset too."""
     header = pull_header(data)
     if header.length != len(data):
@@ -165,8 +166,8 @@ def pull_message(data: bytes) -> Message:
     ProtocolError(INVALID_MAJOR_VERSION) for a major version other than 2; ProtocolError
     (INVALID_SYNTAX / UNSUPPORTED_CRITICAL_PAYLOAD) for a malformed payload chain.
     """
-    header, payloads, _ = _read_outer(data)
-    return _message_from(header, payloads)
+    header, payloads, _ = read_outer(data)
+    return message_from_header(header, payloads)
 
 
 def push_message(msg: Message) -> bytes:
@@ -209,7 +210,7 @@ def decrypt_message(data: bytes, cipher: IkeCipher) -> Message:
     Datagrams with SKF belong to :class:`pyipsec.wire.ike.Reassembler`.
     """
     try:
-        header, outer, sk_offset = _read_outer(data)
+        header, outer, sk_offset = read_outer(data)
     except ProtocolError as exc:  # not authenticated: drop silently
         raise MalformedPacket(f"unauthenticated message malformed: {exc}") from exc
     if not outer or not isinstance(outer[-1], EncryptedPayload):
@@ -222,7 +223,7 @@ def decrypt_message(data: bytes, cipher: IkeCipher) -> Message:
     inner, _ = pull_payload_chain(
         content, sk.first_payload_type, 0, len(content), allow_encrypted=False
     )
-    return _message_from(header, outer + inner)
+    return message_from_header(header, outer + inner)
 
 
 def _sealed(cipher: IkeCipher, aad: bytes, plaintext: bytes) -> bytes:
