@@ -227,3 +227,167 @@ CASES = [
 @pytest.mark.parametrize("version,kw", CASES)
 def test_transfer_protected(topo, dps, version, kw):
     run_case(topo, dps, version, **kw)
+
+
+# --------------------------------------------------------------------------- fail closed
+
+
+def test_sigkill_leaks_nothing_and_flush_restores(topo, dps):
+    fa, fb = static_pair(topo, version=4)
+    proc_a = dps.start(topo.a, fa)
+    dps.start(topo.b, fb)
+    cap = topo.capture(topo.b, "eth0", "", snaplen=192)
+    xfer = start_transfer(
+        topo.b, topo.a, topo.b.addr4, 200 * 1024 * 1024, marker=MARKER, rate=4e6, timeout=8
+    )
+    time.sleep(1.5)
+    dps.stop(topo.a, signal.SIGKILL)  # mid-transfer
+    assert proc_a.returncode == -signal.SIGKILL
+    # the workers die with the service and the TUN device goes with them
+    deadline = time.monotonic() + 5
+    while topo.a.run("ip", "link", "show", "pyipsec0", check=False).returncode == 0:
+        assert time.monotonic() < deadline, "pyipsec0 survived the crash"
+        time.sleep(0.1)
+    time.sleep(2.0)  # TCP keeps retransmitting into the blackhole
+    ping_during = topo.a.ping(topo.b.addr4)
+    frames = cap.stop_raw()
+    for p in (xfer.sender, xfer.receiver):
+        topo.a.stop(p, signal.SIGKILL) if p in topo.a.procs else topo.b.stop(p, signal.SIGKILL)
+    assert not ping_during
+    assert check_wire(topo, frames) > 10
+    # the nftables table and the rules are still in place after the crash
+    assert topo.a.run("nft", "list", "table", "inet", "pyipsec", check=False).returncode == 0
+    dps.stop(topo.b)
+    dps.flush(topo.a)
+    dps.flush(topo.b)
+    assert topo.a.run("nft", "list", "table", "inet", "pyipsec", check=False).returncode != 0
+    assert topo.a.ping(topo.b.addr4, count=2) and topo.a.ping(topo.b.addr6)
+
+
+# --------------------------------------------------------------------------- bad packets
+
+_INJECT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+n = int(sys.argv[1])
+for pkt in sys.argv[2:]:
+    data = bytes.fromhex(pkt)
+    dst = socket.inet_ntoa(data[16:20])
+    for _ in range(n):
+        s.sendto(data, (dst, 0))
+"""
+
+
+def _esp_packets(frames: list[bytes]) -> list[bytearray]:
+    out = []
+    for f in frames:
+        info = ip_of_frame(f)
+        if info and info[3] == 50 and info[0] == 4:
+            out.append(bytearray(info[5]))
+    return out
+
+
+def test_injected_bad_packets_dropped_and_counted(topo, dps):
+    fa, fb = static_pair(topo, version=4)
+    dps.start(topo.a, fa)
+    dps.start(topo.b, fb)
+    cap = topo.capture(topo.b, "eth0", "esp and src host " + topo.a.addr4)
+    xfer = start_transfer(topo.b, topo.a, topo.b.addr4, SIZE, marker=MARKER, rate=8e6)
+    time.sleep(0.8)
+    real = _esp_packets(cap.stop_raw())
+    assert len(real) >= 3
+    replayed = bytes(real[0])
+    forged = bytearray(real[1])  # fresh sequence number (passes the replay check), bad ICV
+    forged[24:28] = (int.from_bytes(forged[24:28], "big") + 1_000_000).to_bytes(4, "big")
+    unknown = bytearray(real[2])
+    unknown[20:24] = b"\xde\xad\xbe\xef"
+    n = 25
+    # from C, with A's source address: injected on B's wire, never through A's data plane
+    topo.c.run(sys.executable, "-c", _INJECT, str(n),
+               replayed.hex(), bytes(forged).hex(), bytes(unknown).hex())  # fmt: skip
+    sent, received = xfer.wait()
+    assert sent == received and sent[0] == SIZE
+    errors = dps.inbound_errors(topo.b)
+    assert errors.get("replayed_packets", 0) >= n
+    assert errors.get("packets_not_authenticated", 0) >= n
+    assert errors.get("bad_spi_packets", 0) >= n
+    # the SA's own counters agree
+    sas = dps.call(topo.b, "sa-list")
+    inbound = next(s for s in sas if s["sa"]["direction"] == "in")
+    st = inbound["statistics"]
+    assert any(v >= n for k, v in st.items() if "replay" in k and isinstance(v, int))
+
+
+# --------------------------------------------------------------------------- discard / bypass
+
+_UDP_RECV = r"""
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+s.settimeout(float(sys.argv[3]))
+try:
+    data, addr = s.recvfrom(2048)
+    print("got", data.decode(), flush=True)
+except socket.timeout:
+    print("timeout", flush=True)
+"""
+
+_UDP_SEND = r"""
+import socket, sys, time
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+if int(sys.argv[3]):
+    s.bind(("", int(sys.argv[3])))
+for _ in range(3):
+    try:
+        s.sendto(sys.argv[4].encode(), (sys.argv[1], int(sys.argv[2])))
+    except PermissionError:  # an nftables drop in the output hook
+        pass
+    time.sleep(0.1)
+"""
+
+
+def udp_delivered(rx_host: Host, tx_host: Host, dst: str, dport: int, sport: int = 0) -> bool:
+    rx = rx_host.spawn([sys.executable, "-c", _UDP_RECV, dst, str(dport), "1.5"])
+    assert rx.stdout is not None and b"ready" in rx.stdout.readline()
+    tx_host.run(sys.executable, "-c", _UDP_SEND, dst, str(dport), str(sport), "hello")
+    out, _ = rx.communicate(timeout=10)
+    rx_host.procs.remove(rx)
+    return b"got hello" in out
+
+
+def test_discard_blocks_both_directions_bypass_passes(topo, dps):
+    a4, b4 = topo.a.addr4, topo.b.addr4
+    bypass = {"name": "dns-like", "protocol": "udp", "action": "bypass", "priority": 10}
+    discard = {"name": "blocked", "protocol": "udp", "action": "discard", "priority": 10}
+    fa, fb = static_pair(
+        topo,
+        extra_policies=(),
+    )
+    fa["policies"][:0] = [
+        {**bypass, "local": a4, "remote": b4, "remote_ports": 7777},
+        {**discard, "local": a4, "remote": b4, "remote_ports": 9998},
+    ]
+    # B lets port 9998 pass in clear, so that A's inbound DISCARD is what stops it
+    fb["policies"][:0] = [
+        {**bypass, "local": b4, "remote": a4, "local_ports": 7777},
+        {**bypass, "name": "b-9998", "local": b4, "remote": a4, "local_ports": 9998},
+    ]
+    dps.start(topo.a, fa)
+    dps.start(topo.b, fb)
+    cap = topo.capture(topo.b, "eth0", "", snaplen=192)
+    assert topo.a.ping(b4)  # protected
+    assert udp_delivered(topo.b, topo.a, b4, 7777)  # BYPASS A -> B
+    assert udp_delivered(topo.a, topo.b, a4, 5555, sport=7777)  # BYPASS B -> A (reply side)
+    assert not udp_delivered(topo.b, topo.a, b4, 9998)  # DISCARD outbound on A
+    assert not udp_delivered(topo.a, topo.b, a4, 5556, sport=9998)  # DISCARD inbound on A
+    frames = cap.stop_raw()
+    plain_7777 = [i for f in frames if (i := ip_of_frame(f)) and i[3] == 17 and b"hello" in i[5]]
+    # bypassed datagrams are on the wire in clear; A -> B 9998 never left A
+    assert plain_7777
+    assert all(i[4] != 9998 for i in plain_7777)
+    check_wire(topo, frames, allow_udp={7777, 5555, 5556})
+    counters = dps.call(topo.a, "stats")["kernel"]
+    assert counters["blocked/out"][0] >= 3 and counters["blocked/in"][0] >= 3
