@@ -69,11 +69,16 @@ class Skip(Exception):
 class Result:
     name: str
     runs: list[float] = field(default_factory=list)  # Mbit/s
+    cpu: list[float] = field(default_factory=list)  # tunnel CPU seconds per GB carried
     skipped: str | None = None
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.runs) if self.runs else None
+
+    @property
+    def cpu_median(self) -> float | None:
+        return statistics.median(self.cpu) if self.cpu else None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -126,6 +131,24 @@ def iperf3_server(bind: str) -> Iterator[None]:
         stop_process(proc)
 
 
+def tunnel_cpu_seconds() -> float:
+    """User + system CPU seconds used so far by every process in both namespaces except
+    iperf3: the tunnel's own cost (charons, data plane workers). Kernel work done in
+    softirq context on their behalf is not all billed to them: a rough figure."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for ns in (NS_A, NS_B):
+        for pid in run(["ip", "netns", "pids", ns], check=False).stdout.split():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "iperf3":
+                    continue
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # exited meanwhile
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def measure(
     result: Result, src: str, dst: str, args: argparse.Namespace, tun: tuple[str, str] | None
 ) -> None:
@@ -133,15 +156,18 @@ def measure(
     with iperf3_server(dst):
         for index in range(args.runs):
             before = tun_tx_bytes(*tun) if tun else 0
+            cpu_before = tunnel_cpu_seconds() if tun else 0.0
             mbits, sent = iperf3_run(src, dst, args.duration)
             if tun:
+                result.cpu.append((tunnel_cpu_seconds() - cpu_before) / (sent / 1e9))
                 carried = tun_tx_bytes(*tun) - before
                 if carried < 0.9 * sent:
                     raise Skip(
                         f"{tun[1]} carried {carried} of {sent} bytes: traffic bypassed the tunnel"
                     )
             result.runs.append(mbits)
-            print(f"  {result.name} run {index + 1}: {mbits:.0f} Mbit/s", flush=True)
+            cpu = f", tunnel CPU {result.cpu[-1]:.1f} s/GB" if tun else ""
+            print(f"  {result.name} run {index + 1}: {mbits:.0f} Mbit/s{cpu}", flush=True)
 
 
 def netns_pair() -> NetnsPair:
@@ -293,14 +319,15 @@ BENCHES: dict[str, Callable[[Result, argparse.Namespace, Path], None]] = {
 
 def print_table(results: list[Result], runs: int) -> None:
     head = f"{'variant':<52}" + "".join(f"{'run ' + str(i + 1):>9}" for i in range(runs))
-    print(head + f"{'median':>9}   (Mbit/s, iperf3 TCP A->B)")
+    print(head + f"{'median':>9}{'CPU s/GB':>10}   (Mbit/s, iperf3 TCP A->B)")
     for res in results:
         line = f"{LABELS[res.name]:<52}"
         if res.skipped is not None or res.median is None:
             print(line + f"  skipped: {res.skipped or 'interrupted'}")
             continue
         line += "".join(f"{v:>9.0f}" for v in res.runs) + " " * 9 * (runs - len(res.runs))
-        print(line + f"{res.median:>9.0f}")
+        cpu = f"{res.cpu_median:>10.1f}" if res.cpu_median is not None else f"{'-':>10}"
+        print(line + f"{res.median:>9.0f}" + cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
