@@ -15,6 +15,7 @@ from pyipsec.ipsec.selectors import (
     AddressRange,
     PortRange,
     Selector,
+    SelectorList,
     format_protocol,
     parse_protocol,
 )
@@ -32,6 +33,12 @@ def flow4(src: str, dst: str, proto: int = 6, sport: int = 0, dport: int = 0) ->
 
 def flow6(src: str, dst: str, proto: int = 6, sport: int = 0, dport: int = 0) -> Flow:
     return Flow(6, ip(src), ip(dst), proto, sport, dport)
+
+
+def udp(src: str, dst: str, sport: int, dport: int) -> bytes:
+    hdr = Ipv4Header(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, 17)
+    body = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + (12).to_bytes(2, "big")
+    return push_ipv4(hdr, 12) + body + b"\0\0abcd"
 
 
 # --------------------------------------------------------------------------- AddressRange
@@ -405,11 +412,6 @@ def test_mirror_in_equals_out(flow: Flow) -> None:
 def test_selector_as_sa_selectors() -> None:
     """H1's SecurityAssociation checks decapsulated packets with ``matches(flow)``."""
 
-    def udp(src: str, dst: str, sport: int, dport: int) -> bytes:
-        hdr = Ipv4Header(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, 17)
-        body = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + (12).to_bytes(2, "big")
-        return push_ipv4(hdr, 12) + body + b"\0\0abcd"
-
     key = os.urandom(20)
     # we (10.0.0.2) accept from the peer 10.0.0.1 only DNS replies to our ports 1024-65535
     ours = Selector.parse("10.0.0.2[udp/1024-65535]", "10.0.0.1[udp/53]")
@@ -422,3 +424,45 @@ def test_selector_as_sa_selectors() -> None:
     with pytest.raises(SelectorMismatch):
         receiver.decapsulate(sender.encapsulate(udp("10.0.0.3", "10.0.0.2", 53, 40000)))
     assert receiver.statistics().selector_mismatch_packets == 2
+
+
+def test_selector_list() -> None:
+    a = AddressRange.parse
+    lst = SelectorList.product(
+        [(a("10.0.0.1"), 6, PortRange.ANY), (a("2001:db8::1"), None, PortRange.ANY)],
+        [
+            (a("10.0.1.0/24"), 6, PortRange(5432, 5432)),
+            (a("10.0.2.0/24"), None, PortRange.ANY),
+            (a("2001:db8:1::/64"), 17, PortRange(53, 53)),
+        ],
+    )
+    # the IPv4 local pairs with both IPv4 remotes, the IPv6 local with the IPv6 remote
+    assert len(lst.selectors) == 3
+    assert lst.matches(flow4("10.0.1.9", "10.0.0.1", 6, 5432, 999))
+    assert lst.matches(flow4("10.0.2.9", "10.0.0.1", 6, 1, 2))
+    assert not lst.matches(flow4("10.0.2.9", "10.0.0.1", 17, 1, 2))  # TCP only (local side)
+    assert lst.matches(flow6("2001:db8::1", "2001:db8:1::5", 17, 999, 53), "out")
+    assert not lst.matches(flow4("10.0.3.9", "10.0.0.1", 6, 1, 2))
+    assert "===" in str(lst) and ", " in str(lst)
+    with pytest.raises(ConfigError):
+        SelectorList(())
+    with pytest.raises(ConfigError):
+        SelectorList(("10.0.0.0/8",))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        SelectorList.product(
+            [(a("10.0.0.1"), 6, PortRange.ANY)], [(a("10.0.0.2"), 17, PortRange.ANY)]
+        )
+    assert info.value.key == "selectors"
+
+
+def test_selector_list_as_sa_selectors() -> None:
+    key = os.urandom(20)
+    both = SelectorList(
+        (Selector.parse("10.0.0.2", "10.0.0.1[udp/53]"), Selector.parse("10.0.0.2", "10.0.0.3"))
+    )
+    receiver = SecurityAssociation(0x200, key=key, selectors=both)
+    sender = SecurityAssociation(0x200, key=key)
+    for pkt in (udp("10.0.0.1", "10.0.0.2", 53, 4000), udp("10.0.0.3", "10.0.0.2", 1, 2)):
+        assert receiver.decapsulate(sender.encapsulate(pkt)) == pkt
+    with pytest.raises(SelectorMismatch):
+        receiver.decapsulate(sender.encapsulate(udp("10.0.0.1", "10.0.0.2", 54, 4000)))

@@ -39,6 +39,7 @@ __all__ = [
     "AddressRange",
     "PortRange",
     "Selector",
+    "SelectorList",
     "format_protocol",
     "parse_protocol",
 ]
@@ -489,3 +490,56 @@ class Selector:
             f"{self._side(self.local, self.local_ports)} === "
             f"{self._side(self.remote, self.remote_ports)}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorList:
+    """Several selectors, matching a flow when any of them does.
+
+    An IKEv2 Child SA may be negotiated with several traffic selectors on each side
+    (RFC 7296 section 2.9); its SA covers every local/remote pair of them. Give an
+    instance as a :class:`~pyipsec.ipsec.SecurityAssociation`'s ``selectors``.
+    """
+
+    selectors: tuple[Selector, ...]  #: the alternatives, in no particular order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "selectors", tuple(self.selectors))
+        if not self.selectors:
+            raise ConfigError("a selector list needs at least one selector", key="selectors")
+        if not all(isinstance(s, Selector) for s in self.selectors):
+            raise ConfigError("a selector list holds Selector objects", key="selectors")
+
+    @classmethod
+    def product(
+        cls,
+        local: list[tuple[AddressRange, int | None, PortRange]],
+        remote: list[tuple[AddressRange, int | None, PortRange]],
+    ) -> SelectorList:
+        """Every combination of local and remote traffic selectors, as IKEv2 TSi x TSr.
+
+        Each side is ``(addresses, protocol or None, ports)``; pairs whose families or
+        protocols cannot meet are left out (ConfigError if none is left).
+        """
+        out = []
+        for laddr, lproto, lports in local:
+            for raddr, rproto, rports in remote:
+                if laddr.version and raddr.version and laddr.version != raddr.version:
+                    continue
+                if lproto is not None and rproto is not None and lproto != rproto:
+                    continue
+                proto = lproto if lproto is not None else rproto
+                try:
+                    out.append(Selector(laddr, raddr, proto, lports, rports))
+                except ConfigError:
+                    continue  # e.g. ports without a protocol, ICMP with IPv6 addresses
+        if not out:
+            raise ConfigError("no local/remote selector pair fits together", key="selectors")
+        return cls(tuple(out))
+
+    def matches(self, flow: Flow, direction: str = "in") -> bool:
+        """Whether any selector matches ``flow`` (see :meth:`Selector.matches`)."""
+        return any(s.matches(flow, direction) for s in self.selectors)
+
+    def __str__(self) -> str:
+        return ", ".join(str(s) for s in self.selectors)
