@@ -27,8 +27,8 @@ __all__ = [
 
 # SPD, selectors and SAD (RFC 4301 4.4.1 / 4.4.2)
 from pyipsec.ipsec.sad import OutboundSlots, Sad, SadStatistics  # noqa: E402
-from pyipsec.ipsec.selectors import AddressRange, PortRange, Selector  # noqa: E402
+from pyipsec.ipsec.selectors import AddressRange, PortRange, Selector, SelectorList  # noqa: E402
 from pyipsec.ipsec.spd import Action, SaTemplate, Spd, SpdEntry, SpdStatistics  # noqa: E402
 
 __all__ += ["Action", "AddressRange", "OutboundSlots", "PortRange", "SaTemplate", "Sad"]
-__all__ += ["SadStatistics", "Selector", "Spd", "SpdEntry", "SpdStatistics"]
+__all__ += ["SadStatistics", "Selector", "SelectorList", "Spd", "SpdEntry", "SpdStatistics"]
