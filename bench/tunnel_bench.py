@@ -21,7 +21,7 @@ Everything started here (namespaces, charons, data planes, iperf3) is stopped by
 removed on exit, Ctrl-C or failure.
 
 Usage: ``.venv/bin/python bench/tunnel_bench.py [--duration 10] [--runs 3]
-[--variants plain,strongswan,pyipsec-tunnel,pyipsec-transport] [--keep DIR]``
+[--parallel N] [--variants plain,strongswan,pyipsec-tunnel,pyipsec-transport] [--keep DIR]``
 """
 
 from __future__ import annotations
@@ -97,10 +97,10 @@ def wait_ping(ns: str, src: str, dst: str, timeout: float = 15.0) -> None:
     raise Skip(f"no ping from {src} to {dst} within {timeout:.0f}s")
 
 
-def iperf3_run(src: str, dst: str, duration: int) -> tuple[float, int]:
+def iperf3_run(src: str, dst: str, duration: int, parallel: int = 1) -> tuple[float, int]:
     """One iperf3 TCP run from A (bound to src) to B's server at dst: (Mbit/s, bytes)."""
     proc = run(
-        ["iperf3", "-c", dst, "-B", src, "-t", str(duration), "-J"],
+        ["iperf3", "-c", dst, "-B", src, "-t", str(duration), "-P", str(parallel), "-J"],
         ns=NS_A,
         check=False,
         timeout=duration + 30,
@@ -157,7 +157,7 @@ def measure(
         for index in range(args.runs):
             before = tun_tx_bytes(*tun) if tun else 0
             cpu_before = tunnel_cpu_seconds() if tun else 0.0
-            mbits, sent = iperf3_run(src, dst, args.duration)
+            mbits, sent = iperf3_run(src, dst, args.duration, args.parallel)
             if tun:
                 result.cpu.append((tunnel_cpu_seconds() - cpu_before) / (sent / 1e9))
                 carried = tun_tx_bytes(*tun) - before
@@ -317,9 +317,9 @@ BENCHES: dict[str, Callable[[Result, argparse.Namespace, Path], None]] = {
 # --------------------------------------------------------------------------- main
 
 
-def print_table(results: list[Result], runs: int) -> None:
+def print_table(results: list[Result], runs: int, flows: str) -> None:
     head = f"{'variant':<52}" + "".join(f"{'run ' + str(i + 1):>9}" for i in range(runs))
-    print(head + f"{'median':>9}{'CPU s/GB':>10}   (Mbit/s, iperf3 TCP A->B)")
+    print(head + f"{'median':>9}{'CPU s/GB':>10}   (Mbit/s, iperf3 TCP A->B, {flows})")
     for res in results:
         line = f"{LABELS[res.name]:<52}"
         if res.skipped is not None or res.median is None:
@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run")
     parser.add_argument("--runs", type=int, default=3, help="runs per variant (median)")
+    parser.add_argument("--parallel", type=int, default=1, help="iperf3 TCP flows (-P)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--keep", metavar="DIR", help="keep logs and static files in DIR")
     args = parser.parse_args(argv)
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print_table(results, args.runs)
+    cc = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    print_table(results, args.runs, f"{args.parallel} flow(s), {cc}, {args.duration} s")
     by_name = {r.name: r for r in results}
     ours, theirs = by_name.get("pyipsec-tunnel"), by_name.get("strongswan")
     if ours and theirs and ours.median and theirs.median:
