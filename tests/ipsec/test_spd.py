@@ -192,7 +192,9 @@ def test_cache_bounded() -> None:
     spd = Spd([entry("all", "any", "any", "bypass")], cache_size=4)
     for i in range(20):
         spd.lookup(f4(f"10.0.0.{i}", "10.0.1.1"))
-    assert len(spd._cache) <= 4
+        spd.lookup(f4("10.0.1.1", f"10.0.0.{i}"), "in")
+    assert all(len(c) <= 4 for c in spd._cache.values())
+    assert spd.statistics().bypass == 40
 
 
 def test_statistics() -> None:

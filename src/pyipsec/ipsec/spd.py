@@ -304,6 +304,9 @@ class _Table:
         return self.ordered
 
 
+_UNCACHED = object()
+
+
 def _key(c: _Compiled) -> tuple[int, int]:
     return c.key
 
@@ -327,7 +330,8 @@ class Spd:
         self._tables = {d: {4: _Table(32), 6: _Table(128)} for d in _DIRECTIONS}
         self._seq = 0
         self._sorted: list[SpdEntry] | None = []
-        self._cache: dict[tuple[str, Flow], _Compiled | None] = {}
+        #: per direction: flow -> answer (None = no entry matched)
+        self._cache: dict[str, dict[Flow, _Compiled | None]] = {d: {} for d in _DIRECTIONS}
         self._cache_size = cache_size
         self._hits: dict[str, int] = {}
         self._lookups = 0
@@ -358,7 +362,8 @@ class Spd:
                 self._tables[direction][v].remove(c)
 
     def _changed(self) -> None:
-        self._cache.clear()
+        for cache in self._cache.values():
+            cache.clear()
         self._sorted = None
         self._changes += 1
 
@@ -441,21 +446,21 @@ class Spd:
         for one it receives (local = destination). ``None`` when nothing matches (RFC
         4301 then wants the packet discarded; the caller decides).
         """
-        if direction != "out" and direction != "in":
+        cache = self._cache.get(direction)  # type: ignore[call-overload]
+        if cache is None:
             raise ValueError(f"direction must be 'in' or 'out', not {direction!r}")
         self._lookups += 1
-        cache = self._cache
         if self._cache_size:
-            ckey = (direction, flow)
-            if ckey in cache:
+            found = cache.get(flow, _UNCACHED)
+            if found is not _UNCACHED:
                 self._cache_hits += 1
-                return self._count(cache[ckey])
-        found = self._search(flow, direction)
-        if self._cache_size:
+                return self._count(found)  # type: ignore[arg-type]
+            found = self._search(flow, direction)
             if len(cache) >= self._cache_size:
                 cache.clear()
-            cache[ckey] = found
-        return self._count(found)
+            cache[flow] = found
+            return self._count(found)
+        return self._count(self._search(flow, direction))
 
     def _count(self, c: _Compiled | None) -> SpdEntry | None:
         if c is None:
