@@ -128,17 +128,21 @@ class Pair:
     def flush(self) -> None:
         """Move produced datagrams into the network and collect events."""
         for name, ep in self.endpoints():
-            src = self.a_public if ep is self.a else B_ADDR
-            for data, dst in ep.datagrams_to_send(self.now):
+            for data, dst, local in ep.datagrams_to_send_from(self.now):
+                port = local[1] if local else 500
+                src = self.a_public if ep is self.a else (B_ADDR[0], port)
                 self.net.send(data, src, dst, self.now)
             while (ev := ep.next_event()) is not None:
                 self.events[name].append(ev)
 
     def deliver(self) -> None:
         for data, src, dst in self.net.due(self.now):
-            ep = self.a if dst == self.a_public else self.b if dst == B_ADDR else None
+            if self.a_public != A_ADDR:  # "a" behind a NAT: anything to its public IP
+                ep = self.a if dst[0] == self.a_public[0] else self.b
+            else:
+                ep = self.a if dst[0] == A_ADDR[0] else self.b if dst[0] == B_ADDR[0] else None
             if ep is not None:
-                ep.receive_datagram(data, src, self.now)
+                ep.receive_datagram(data, src, self.now, local_addr=dst)
         self.flush()
 
     def step(self) -> bool:

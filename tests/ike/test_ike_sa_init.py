@@ -66,7 +66,11 @@ def test_nat_detected_behind_nat():
     p.connect()
     (ca,), (cb,) = p.of("a", ChildSaInstalled), p.of("b", ChildSaInstalled)
     assert ca.encap_udp and cb.encap_udp
+    # IKE_AUTH floated to port 4500 (RFC 7296 2.23)
+    assert p.of("a", IkeSaUp)[0].remote_addr == ("192.0.2.2", 4500)
     assert p.of("b", IkeSaUp)[0].remote_addr == ("198.51.100.7", 40000)
+    assert p.of("b", IkeSaUp)[0].local_addr == ("192.0.2.2", 4500)
+    assert p.a.statistics().counter("nat_t_float") == 1
 
 
 def test_no_nat_no_encap():

@@ -73,7 +73,7 @@ class IkeEndpoint:
         self._half_open: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}
         self._init_seen: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}
         self._child_spis: set[int] = set()
-        self._outbox: list[tuple[bytes, tuple[str, int]]] = []
+        self._outbox: list[tuple[bytes, tuple[str, int], tuple[str, int] | None]] = []
         self._events: deque[IkeEvent] = deque()
         self._next_handle = 1
 
@@ -108,7 +108,7 @@ class IkeEndpoint:
         if sa is None or (sa.spi_i, sa.spi_r) != (header.spi_i, header.spi_r):
             self.stats["unknown_spi"] += 1
             return
-        sa.receive(data, header, addr, now)
+        sa.receive(data, header, addr, now, local_addr)
 
     def _receive_init(
         self,
@@ -153,6 +153,14 @@ class IkeEndpoint:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
         """Datagrams produced since the last call, with their destination."""
+        return [(d, dst) for d, dst, _ in self.datagrams_to_send_from(now)]
+
+    def datagrams_to_send_from(
+        self, now: float
+    ) -> list[tuple[bytes, tuple[str, int], tuple[str, int] | None]]:
+        """Like :meth:`datagrams_to_send` plus the local (address, port) to send from
+        (port 4500 once NAT-T floated, RFC 7296 2.23, even when the peer's NAT-mapped port
+        is not 4500); None for stateless answers (send from where the request came)."""
         out, self._outbox = self._outbox, []
         return out
 
@@ -280,9 +288,11 @@ class IkeEndpoint:
     def _emit(self, event: IkeEvent) -> None:
         self._events.append(event)
 
-    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _send(
+        self, data: bytes, addr: tuple[str, int], local: tuple[str, int] | None = None
+    ) -> None:
         self.stats["datagrams_out"] += 1
-        self._outbox.append((data, addr))
+        self._outbox.append((data, addr, local))
 
     def _randbytes(self, n: int) -> bytes:
         return self._rng.randbytes(n) if self._rng is not None else os.urandom(n)

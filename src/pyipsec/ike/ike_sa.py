@@ -203,7 +203,7 @@ class IkeSa:
 
     def send_packets(self, packets: list[bytes]) -> None:
         for p in packets:
-            self.endpoint._send(p, self.remote_addr)
+            self.endpoint._send(p, self.remote_addr, self.local_addr)
         self.messages_out += 1
 
     def queue(self, task: Task, now: float, *, first: bool = False) -> None:
@@ -253,7 +253,14 @@ class IkeSa:
         self.dropped += 1
         self.endpoint.stats[counter] += 1
 
-    def receive(self, data: bytes, header: IkeHeader, addr: tuple[str, int], now: float) -> None:
+    def receive(
+        self,
+        data: bytes,
+        header: IkeHeader,
+        addr: tuple[str, int],
+        now: float,
+        local_addr: tuple[str, int] | None = None,
+    ) -> None:
         """An SK/SKF-protected message for this SA (IKE_SA_INIT is handled elsewhere)."""
         if self.cipher_in is None or self.state == IkeState.CLOSED:
             self.drop("unexpected_messages")
@@ -288,6 +295,11 @@ class IkeSa:
         self.messages_in += 1
         self.last_recv = now
         self.dpd_queued = False
+        if self.nat_local or self.nat_remote:
+            # authenticated message from a new NAT mapping / on the NAT-T port (2.23)
+            self.remote_addr = addr
+            if local_addr is not None:
+                self.local_addr = local_addr
         if header.response:
             task = self.pending
             self.pending = None

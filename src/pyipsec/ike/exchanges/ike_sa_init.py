@@ -199,6 +199,11 @@ class IkeSaInitTask(Task):
         sa.init_response = sa.ctx.pop("raw_message")
         install_keys(sa, chosen, shared)
         _peer_features(sa, msg)
+        if (sa.nat_local or sa.nat_remote) and sa.remote_addr[1] == 500:
+            # RFC 7296 2.23: float to port 4500 from IKE_AUTH on
+            sa.remote_addr = (sa.remote_addr[0], 4500)
+            sa.local_addr = (sa.local_addr[0], 4500)
+            sa.endpoint.stats["nat_t_float"] += 1
         sa.transition("recv_init_response")
         from pyipsec.ike.exchanges.ike_auth import IkeAuthTask
         from pyipsec.ike.exchanges.ike_intermediate import IntermediateTask
