@@ -24,6 +24,11 @@ Public API::
             charon.initiate("t-child"); charon.wait_established("t-child")
             charon.list_sas(); charon.log_text(); charon.terminate(ike="t")
 
+:class:`Charon` needs only a namespace name, so it also runs in the hosts of
+tests/netns.py's ``Topology`` (whose ``start_transfer`` does hash-checked TCP transfers).
+Configuration objects live in tests/swanctl_conf.py, the vici client in
+tests/vici_client.py; tests/pki.py makes CAs and certificates.
+
 Everything is cleaned up (processes by pid, namespaces, temp dirs) on exit, even on
 failure; :func:`cleanup_all` is also registered with atexit.
 """
