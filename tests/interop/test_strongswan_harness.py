@@ -236,3 +236,43 @@ def test_mismatched_psk_fails_cleanly(tmp_path: Path) -> None:
         text = path.read_text()
         for psk in psk_a + psk_b:
             assert psk.secret.hex() not in text
+
+
+# Every IKE cipher/group and ESP algorithm issue 6 needs, between two charons: a fact
+# check that strongSwan here (plugins as loaded, kernel-libipsec data plane) offers them.
+PROPOSALS = [
+    ("aes128gcm16-prfsha256-curve25519", "aes128gcm16", "CURVE_25519", "AES_GCM_16", "128"),
+    ("aes256gcm16-prfsha384-ecp384", "aes256gcm16", "ECP_384", "AES_GCM_16", "256"),
+    ("chacha20poly1305-prfsha256-curve448", "chacha20poly1305", "CURVE_448",
+     "CHACHA20_POLY1305", None),
+    ("aes256-sha256-modp2048", "aes128-sha256", "MODP_2048", "AES_CBC", "128"),
+    ("aes128gcm16-prfsha256-ecp256", "aes256-sha512", "ECP_256", "AES_CBC", "256"),
+]  # fmt: skip
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not os.path.exists(strongswan.CHARON), reason="strongSwan not installed")
+@pytest.mark.parametrize(("ike", "esp", "group", "encr", "keysize"), PROPOSALS)
+def test_charon_proposals(ike: str, esp: str, group: str, encr: str, keysize: str | None) -> None:
+    conn_a, conn_b = _connections()
+    for conn in (conn_a, conn_b):
+        conn.ike_proposals = [ike]
+        conn.children[0].esp_proposals = [esp]
+    psks = [Psk(ids=("a@pyi", "b@pyi"), secret=os.urandom(32))]
+    with (
+        _pair(),
+        Charon(NS_A, [conn_a], psks) as charon_a,
+        Charon(NS_B, [conn_b], psks) as charon_b,
+    ):
+        charon_a.initiate("t-c")
+        child = charon_b.wait_established("t-c")
+        (ike_sa,) = charon_b.list_sas().values()
+        assert ike_sa["dh-group"] == group
+        assert child["encr-alg"] == encr
+        if keysize:
+            assert child["encr-keysize"] == keysize
+        ping = run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", INNER_A, INNER_B],
+                   ns=NS_A, check=False)  # fmt: skip
+        assert ping.returncode == 0, ping.stdout + charon_a.log_text()[-2000:]
+        (after,) = charon_b.child_sas("t-c")
+        assert int(after["packets-in"]) >= 2
