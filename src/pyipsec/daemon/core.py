@@ -266,9 +266,10 @@ class Daemon:
         self._arm_timer(now)
 
     def _flush_output(self, now: float) -> None:
-        for data, addr in self.endpoint.datagrams_to_send(now):
+        for data, addr, local in self.endpoint.datagrams_to_send_from(now):
+            port = local[1] if local is not None else (4500 if addr[1] == 4500 else 500)
             try:
-                self.network.send(data, addr, 4500 if addr[1] == 4500 else 500)
+                self.network.send(data, addr, 4500 if port == 4500 else 500)
             except OSError as exc:
                 log.warning("sending IKE to %s failed: %s", addr[0], exc.strerror)
 
