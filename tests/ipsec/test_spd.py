@@ -226,6 +226,12 @@ def test_statistics() -> None:
     )
     with pytest.raises(AttributeError):
         s.lookups = 0  # type: ignore[misc]
+    # a replaced entry keeps its counter; the per-action totals keep the past
+    spd.replace(entry("p", "10.0.0.1", "10.0.0.2", "discard", prio=1))
+    s2 = spd.statistics()
+    assert s2.entry_hits[0] == ("p", 2) and s2.protect == 2 and s2.discard == 1
+    spd.remove("p")
+    assert spd.statistics().protect == 2
 
 
 def test_entries_are_easy_to_compile() -> None:

@@ -29,6 +29,7 @@ import ipaddress
 from bisect import insort
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyipsec.crypto.esp_algorithms import get_algorithm
 from pyipsec.errors import ConfigError
@@ -207,10 +208,27 @@ class SpdStatistics:
 # --------------------------------------------------------------------------- index
 
 
+_ACTION_INDEX = {Action.PROTECT: 0, Action.BYPASS: 1, Action.DISCARD: 2}
+
+
 class _Compiled:
     """An entry flattened for matching: plain ints in slots, no method calls."""
 
-    __slots__ = ("entry", "key", "ls", "le", "rs", "re", "lps", "lpe", "rps", "rpe", "proto")
+    __slots__ = (
+        "entry",
+        "key",
+        "ls",
+        "le",
+        "rs",
+        "re",
+        "lps",
+        "lpe",
+        "rps",
+        "rpe",
+        "proto",
+        "action",
+        "hits",
+    )
 
     def __init__(self, entry: SpdEntry, seq: int) -> None:
         sel = entry.selector
@@ -221,6 +239,8 @@ class _Compiled:
         self.lps, self.lpe = sel.local_ports.start, sel.local_ports.end
         self.rps, self.rpe = sel.remote_ports.start, sel.remote_ports.end
         self.proto = sel.protocol
+        self.action = _ACTION_INDEX[entry.action]  # a list index: Enum hashing is slow
+        self.hits = 0  # lookups this entry answered
 
 
 #: The covering prefix of a range that is not itself a prefix is rounded down to these
@@ -262,7 +282,7 @@ class _Table:
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.groups: dict[tuple[int, int], _Group] = {}
-        self.ordered: list[_Group] | None = []
+        self.ordered: list[tuple[tuple[int, int], int, int, Any]] | None = []
 
     def _place(self, c: _Compiled) -> tuple[_Group | None, tuple[int, int], tuple[int, int]]:
         sel = c.entry.selector
@@ -298,9 +318,12 @@ class _Table:
             self.ordered = None
         # otherwise min_key stays a valid lower bound: removing never lowers the minimum
 
-    def groups_in_order(self) -> list[_Group]:
+    def probes(self) -> list[tuple[tuple[int, int], int, int, Any]]:
+        """``(min_key, lshift, rshift, buckets.get)`` per group, lowest ``min_key`` first:
+        what the hot loop needs, without attribute lookups."""
         if self.ordered is None:
-            self.ordered = sorted(self.groups.values(), key=_min_key)
+            groups = sorted(self.groups.values(), key=_min_key)
+            self.ordered = [(g.min_key, g.lshift, g.rshift, g.buckets.get) for g in groups]
         return self.ordered
 
 
@@ -333,13 +356,12 @@ class Spd:
         #: per direction: flow -> answer (None = no entry matched)
         self._cache: dict[str, dict[Flow, _Compiled | None]] = {d: {} for d in _DIRECTIONS}
         self._cache_size = cache_size
-        self._hits: dict[str, int] = {}
         self._lookups = 0
         self._no_match = 0
         self._cache_hits = 0
         self._changes = 0
         self._rejected = 0
-        self._per_action = {a: 0 for a in Action}
+        self._per_action = [0, 0, 0]  # by _ACTION_INDEX
         for entry in entries:
             self.add(entry)
 
@@ -381,7 +403,6 @@ class Spd:
         c = _Compiled(entry, self._seq)
         self._index(c)
         self._by_name[entry.name] = c
-        self._hits[entry.name] = 0
         self._changed()
 
     def remove(self, name: str) -> SpdEntry:
@@ -391,7 +412,6 @@ class Spd:
             raise self._reject(f"no SPD entry named {name!r}", "name")
         self._unindex(c)
         del self._by_name[name]
-        del self._hits[name]
         self._changed()
         return c.entry
 
@@ -406,6 +426,7 @@ class Spd:
         if old is None:
             raise self._reject(f"no SPD entry named {entry.name!r}", "name")
         c = _Compiled(entry, old.key[1])
+        c.hits = old.hits  # the entry keeps its counter across a replace
         self._unindex(old)
         self._index(c)
         self._by_name[entry.name] = c
@@ -466,10 +487,9 @@ class Spd:
         if c is None:
             self._no_match += 1
             return None
-        entry = c.entry
-        self._per_action[entry.action] += 1
-        self._hits[entry.name] += 1
-        return entry
+        c.hits += 1
+        self._per_action[c.action] += 1
+        return c.entry
 
     def _search(self, flow: Flow, direction: str) -> _Compiled | None:
         # Hot path: plain locals and slot reads only.
@@ -486,10 +506,10 @@ class Spd:
             return None
         best: _Compiled | None = None
         best_key: tuple[int, int] | None = None
-        for group in table.groups_in_order():
-            if best_key is not None and group.min_key >= best_key:  # type: ignore[operator]
+        for min_key, lshift, rshift, get in table.ordered or table.probes():
+            if best_key is not None and min_key >= best_key:
                 break
-            bucket = group.buckets.get((laddr >> group.lshift, raddr >> group.rshift))
+            bucket = get((laddr >> lshift, raddr >> rshift))
             if bucket is None:
                 continue
             for candidates in (bucket.get(proto), bucket.get(None)):
@@ -513,12 +533,14 @@ class Spd:
         return SpdStatistics(
             entries=len(self._by_name),
             lookups=self._lookups,
-            protect=self._per_action[Action.PROTECT],
-            bypass=self._per_action[Action.BYPASS],
-            discard=self._per_action[Action.DISCARD],
+            protect=self._per_action[0],
+            bypass=self._per_action[1],
+            discard=self._per_action[2],
             no_match=self._no_match,
             cache_hits=self._cache_hits,
             changes=self._changes,
             rejected_changes=self._rejected,
-            entry_hits=tuple((e.name, self._hits[e.name]) for e in self.entries()),
+            entry_hits=tuple(
+                (c.entry.name, c.hits) for c in sorted(self._by_name.values(), key=_key)
+            ),
         )
