@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import strongswan  # noqa: E402
-from pki import Pki  # noqa: E402
+from pki import Pki, make_ca, make_ee  # noqa: E402
 from strongswan import (  # noqa: E402
     Charon,
     Child,
@@ -118,28 +118,31 @@ def test_two_charons_tunnel_esp_in_udp(tmp_path: Path) -> None:
     [("p256", "p256", False), ("rsa2048", "rsa2048", True), ("p256", "ed25519", True)],
 )
 def test_two_charons_certificates(ca_kind: str, leaf_kind: str, intermediate: bool) -> None:
-    """Certificate authentication with a CA the test makes (optionally via a sub-CA)."""
+    """Certificate authentication with a CA the test makes. With ``intermediate`` each side
+    has its own sub-CA that only it holds, so the peer must receive it in IKE_AUTH; the
+    RSA chain makes IKE_AUTH larger than charon's 1280-byte fragment size, so it goes out
+    in IKE fragments (RFC 7383)."""
     pki = Pki(ca_kind)
     ids = {"a": "a.pyi.test", "b": "b.pyi.test"}
-    certs = {
-        side: pki.issue(leaf_kind, direct=not intermediate, cn=name, dns=[name])
-        for side, name in ids.items()
-    }
-    chain = [pki.intermediate.cert] if intermediate else []
+    certs, chains = {}, {}
+    for side, name in ids.items():
+        issuer = make_ca(f"pyi sub CA {side}", ca_kind, issuer=pki.root) if intermediate else None
+        certs[side] = make_ee(issuer or pki.root, leaf_kind, cn=name, dns=[name])
+        chains[side] = [issuer.cert] if issuer else []
 
     def conn(side: str, peer: str, outer: tuple[str, str], inner: tuple[str, str]) -> Connection:
         child = Child("t-c", [f"{inner[0]}/32"], [f"{inner[1]}/32"])
         return Connection(
             "t", [outer[0]], [outer[1]], ids[side], ids[peer], [child],
             auth="pubkey", local_cert=f"{side}.pem", send_cert="always",
-            ike_proposals=["aes256gcm16-prfsha384-ecp256"],
+            ike_proposals=["aes256gcm16-prfsha384-ecp256"], fragmentation="yes",
         )  # fmt: skip
 
     charon_a = Charon(NS_A, [conn("a", "b", (OUTER_A, OUTER_B), (INNER_A, INNER_B))])
     charon_b = Charon(NS_B, [conn("b", "a", (OUTER_B, OUTER_A), (INNER_B, INNER_A))])
     for side, charon in (("a", charon_a), ("b", charon_b)):
         charon.add_cert("root.pem", pki.root.cert.public_bytes(Encoding.PEM), ca=True)
-        charon.add_identity(f"{side}.pem", certs[side].cert, certs[side].key, chain)
+        charon.add_identity(f"{side}.pem", certs[side].cert, certs[side].key, chains[side])
     with _pair(), charon_a, charon_b:
         charon_a.initiate("t-c")
         charon_a.wait_established("t-c")
@@ -150,9 +153,13 @@ def test_two_charons_certificates(ca_kind: str, leaf_kind: str, intermediate: bo
         ping = run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", INNER_A, INNER_B],
                    ns=NS_A, check=False)  # fmt: skip
         assert ping.returncode == 0, ping.stdout + charon_a.log_text()
-        log_b = charon_b.log_text()
+        log_a, log_b = charon_a.log_text(), charon_b.log_text()
     assert f"authentication of '{ids['a']}' with" in log_b
     assert "successful" in log_b
+    if intermediate:
+        assert 'received issuer cert "O=pyipsec test, CN=pyi sub CA a"' in log_b, log_b[-3000:]
+    if leaf_kind.startswith("rsa"):
+        assert "splitting IKE message" in log_a, log_a[-3000:]
 
 
 @pytest.mark.netns
