@@ -399,6 +399,26 @@ def start_transfer(
     return Transfer(rx, tx, server, client)
 
 
+def run_in_netns(code: str, timeout: float = 60) -> str:
+    """Execute Python ``code`` in a throwaway namespace ``pyi-p<hex>`` (removed afterwards);
+    returns its stdout, raises AssertionError with its stderr on failure."""
+    import textwrap
+    import uuid
+
+    ns = "pyi-p" + uuid.uuid4().hex[:6]
+    _sh(["ip", "netns", "add", ns])
+    try:
+        _sh(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+        res = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res.stdout
+    finally:
+        _sh(["ip", "netns", "del", ns], check=False)
+
+
 @atexit.register
 def _cleanup_all() -> None:
     for topo in list(_LIVE):

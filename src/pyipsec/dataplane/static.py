@@ -336,10 +336,10 @@ def parse_policy(data: Section | dict[str, Any], *, path: str = "policy") -> Pol
     elif src.get("child") is not None:
         raise src.error("only protect policies name a child", "child")
     direction = _choice(src, "direction", ("both", "in", "out"), "both")
+    priority = _int(src, "priority", 100, -(2**31), 2**31 - 1)
     try:
         entry = SpdEntry(
-            name, selector, Action.parse(action),
-            priority=_int(src, "priority", 100, -(2**31), 2**31 - 1),
+            name, selector, Action.parse(action), priority=priority,
             template=template, direction=direction,
         )  # fmt: skip
     except ConfigError as exc:
