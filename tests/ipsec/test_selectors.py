@@ -6,7 +6,7 @@ import ipaddress
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyipsec.errors import ConfigError, SelectorMismatch
@@ -172,6 +172,8 @@ def test_port_parse(text: str | int, start: int, end: int) -> None:
         ("10-5", "ends before"),
         ("-5", "not a port"),
         ("1-2-3", "not a port"),
+        ("\u00b2", "not a port"),  # superscript two: isdigit() but not a number
+        ("1-\u00b2", "not a port"),
         (70000, "outside"),
         (-1, "outside"),
         (True, "not a port"),
@@ -220,7 +222,7 @@ def test_protocol_parse(text: str | int | None, number: int | None) -> None:
     assert parse_protocol(text) == number
 
 
-@pytest.mark.parametrize("text", ["tpc", "256", -1, 300, True, "6x"])
+@pytest.mark.parametrize("text", ["tpc", "256", -1, 300, True, "6x", "\u00b2", "\u0661"])
 def test_protocol_parse_errors(text: str | int) -> None:
     with pytest.raises(ConfigError) as info:
         parse_protocol(text, key="filters[0].protocol")
@@ -466,3 +468,55 @@ def test_selector_list_as_sa_selectors() -> None:
         assert receiver.decapsulate(sender.encapsulate(pkt)) == pkt
     with pytest.raises(SelectorMismatch):
         receiver.decapsulate(sender.encapsulate(udp("10.0.0.1", "10.0.0.2", 54, 4000)))
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.text(alphabet="0123456789abcdefx:./-[]%=* tcpuny\u00b2\u0661", max_size=40),
+    )
+)
+def test_parsers_raise_only_config_errors(text: str) -> None:
+    """Whatever the administrator writes, the parsers answer with a value or a ConfigError."""
+    for parse in (AddressRange.parse, PortRange.parse, parse_protocol):
+        try:
+            parse(text)
+        except ConfigError as exc:
+            assert exc.key is not None
+    try:
+        Selector.parse(text, text)
+    except ConfigError as exc:
+        assert exc.key is not None
+
+
+@st.composite
+def any_selectors(draw: st.DrawFn) -> Selector:
+    version = draw(st.sampled_from([4, 6, 0]))
+
+    def side() -> AddressRange:
+        if version == 0:
+            return AddressRange.ANY
+        top = 2**32 - 1 if version == 4 else 2**128 - 1
+        a, b = sorted((draw(st.integers(0, top)), draw(st.integers(0, top))))
+        return AddressRange(version, a, b)
+
+    protos = (
+        [None, 6, 17, 50, 99, 132] + ([1] if version != 6 else []) + ([58] if version != 4 else [])
+    )
+    proto = draw(st.sampled_from(protos))
+    high = 255 if proto in (1, 58) else 65535
+    if proto in (1, 6, 17, 58, 132):
+        ports = [
+            PortRange(*sorted((draw(st.integers(0, high)), draw(st.integers(0, high)))))
+            for _ in range(2)
+        ]
+        ports = [p if draw(st.booleans()) else PortRange.ANY for p in ports]
+        return Selector(side(), side(), proto, *ports)
+    return Selector(side(), side(), proto)
+
+
+@given(any_selectors())
+def test_str_parse_round_trip(sel: Selector) -> None:
+    assert Selector.parse(str(sel)) == sel
+    assert sel.mirror().mirror() == sel

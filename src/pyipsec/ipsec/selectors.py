@@ -89,6 +89,11 @@ _PROTOCOL_LABELS = {
 _ANY_WORDS = frozenset({"any", "%any", "*", ""})
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts e.g. superscripts int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_protocol(text: str | int | None, *, key: str = "protocol") -> int | None:
     """Parse a next-layer protocol: a name (``tcp``, ``icmp``...), a number, or ``any``.
 
@@ -106,7 +111,7 @@ def parse_protocol(text: str | int | None, *, key: str = "protocol") -> int | No
             return None
         if word in _PROTOCOL_NAMES:
             return _PROTOCOL_NAMES[word]
-        if not word.isdigit():
+        if not _is_decimal(word):
             raise ConfigError(f"unknown protocol {text!r}", key=key)
         number = int(word)
     if not 0 <= number <= 255:
@@ -257,7 +262,7 @@ class PortRange:
         if word in _ANY_WORDS:
             return cls.ANY
         first, dash, last = word.partition("-")
-        if not first.strip().isdigit() or (dash and not last.strip().isdigit()):
+        if not _is_decimal(first.strip()) or (dash and not _is_decimal(last.strip())):
             raise ConfigError(f"not a port or port range: {text!r}", key=key)
         a = int(first)
         b = int(last) if dash else a
