@@ -66,3 +66,25 @@ def test_second_ike_sa_without_initial_contact():
     assert len(p.of("b", IkeSaUp)) == 2 and p.b.statistics().ike_sas == 2
     reqs = decrypt_requests(p, log)
     assert reqs and next(reqs[-1].notifies(NotifyType.INITIAL_CONTACT), None) is None
+
+
+def test_responder_picks_peer_by_identity():
+    from pyipsec.ike.config import AuthConfig, EndpointConfig
+    from pyipsec.ike.endpoint import IkeEndpoint
+
+    carol = peer_config(
+        "carol",
+        "%any",
+        remote_id="carol@example.org",
+        local_auth=AuthConfig(psk=b"carol secret"),
+        remote_auth=AuthConfig(psk=b"carol secret"),
+        children=(ChildConfig("c"),),
+    )
+    alice = peer_config(
+        "alice", "%any", remote_id="alice@example.org", children=(ChildConfig("c"),)
+    )
+    a = peer_config("to-b", B_ADDR[0], local_id="alice@example.org", children=(ChildConfig("c"),))
+    p = Pair(a)
+    p.b = IkeEndpoint(EndpointConfig(peers=(carol, alice), local_addr=B_ADDR[0]))
+    p.connect()
+    assert p.of("b", IkeSaUp)[0].peer == "alice"

@@ -198,3 +198,13 @@ def test_half_open_timeout_forgets_responder_state():
     assert p.b.statistics().half_open == 0 and p.b.statistics().ike_sas == 0
     assert p.b.statistics().counter("half_open_timeouts") == 1
     assert p.of("a", NegotiationFailed) or p.a.statistics().ike_sas == 1
+
+
+def test_max_ike_sas_refuses_more():
+    p = Pair(b_endpoint={"max_ike_sas": 1})
+    p.connect()
+    p.a.initiate(p.a_peer, None, p.now)
+    p.advance(10)
+    assert p.b.statistics().counter("too_many_ike_sas") == 1
+    assert p.of("a", NegotiationFailed)[-1].notify == NotifyType.TEMPORARY_FAILURE
+    assert p.b.statistics().ike_sas == 1

@@ -136,6 +136,31 @@ class IkeAuthTask(Task):
             self.child.release()
 
 
+def _select_peer_by_identity(sa: IkeSa, idp: IdPayload) -> None:
+    """Several configured peers may match the address (e.g. %any): switch to the first one
+    whose remote_id equals IDi and whose IKE proposals cover what IKE_SA_INIT chose."""
+    from pyipsec.ike.config import Identity
+    from pyipsec.ike.proposals import check_chosen
+
+    def matches(peer: Any) -> bool:
+        if peer.remote_id is None:
+            return False
+        want = Identity.parse(peer.remote_id)
+        return (want.id_type, want.data) == (idp.id_type, idp.data)
+
+    if sa.peer is None or matches(sa.peer) or sa.chosen is None:
+        return
+    for peer in sa.endpoint.config.peers:
+        if peer is sa.peer or not peer.matches_addr(sa.remote_addr[0]) or not matches(peer):
+            continue
+        try:
+            check_chosen(peer.proposals(), sa.chosen)
+        except ProtocolError:
+            continue
+        sa.peer = peer
+        return
+
+
 def respond(sa: IkeSa, msg: Message, now: float) -> list[Any] | None:
     """Responder side of IKE_AUTH."""
     if not sa.allows("recv_auth_request"):
@@ -146,6 +171,7 @@ def respond(sa: IkeSa, msg: Message, now: float) -> list[Any] | None:
     if idp is None or auth is None:
         raise ProtocolError("IKE_AUTH without IDi or AUTH", notify=NotifyType.INVALID_SYNTAX)
     sa.ctx["auth_mid"] = msg.message_id
+    _select_peer_by_identity(sa, idp)
     try:
         sa.remote_identity = verify_peer(sa, idp, certs, auth, now)
     except ProtocolError as exc:

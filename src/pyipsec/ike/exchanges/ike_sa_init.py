@@ -238,6 +238,10 @@ def respond(
         stats["malformed"] += 1
         _plain_reply(endpoint, msg, addr, [notify(NotifyType.INVALID_SYNTAX)])
         return None
+    if len(endpoint._by_handle) >= endpoint.config.max_ike_sas:
+        stats["too_many_ike_sas"] += 1
+        _plain_reply(endpoint, msg, addr, [notify(NotifyType.TEMPORARY_FAILURE)])
+        return None
     if len(endpoint._half_open) >= endpoint.config.cookie_threshold:
         cookie = get_notify(msg, NotifyType.COOKIE)
         jar = endpoint.cookies
