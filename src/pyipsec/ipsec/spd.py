@@ -85,7 +85,8 @@ class SaTemplate:
     mode: str = "transport"  #: "transport" or "tunnel"
     tunnel_local: str | None = None  #: tunnel mode: this host's outer address
     tunnel_remote: str | None = None  #: tunnel mode: the peer's outer address
-    #: acceptable algorithms, strongSwan keywords, most preferred first
+    #: acceptable SA algorithms, most preferred first: the keywords SecurityAssociation takes
+    #: (checked against the registry); key-exchange groups for PFS belong to the IKE config
     algorithms: tuple[str, ...] = ("aes128gcm16",)
     lifetime: Lifetime | None = None  #: soft/hard limits of the SAs, ``None`` for none
     encap: str | None = None  #: ``None`` or ``"udp"`` (ESP in UDP, RFC 3948)
