@@ -12,6 +12,7 @@ Secrets (PSK, private keys) are excluded from repr().
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,11 @@ class Identity:
     @classmethod
     def parse(cls, text: str, *, key: str = "id") -> Identity:
         """strongSwan-like syntax: an IP address, ``user@host`` (RFC822), ``@fqdn`` or a bare
-        name (FQDN), ``C=.., O=.., CN=..`` (DER_ASN1_DN), ``keyid:hex`` (KEY_ID)."""
+        name (FQDN), ``C=.., O=.., CN=..`` (DER_ASN1_DN), ``keyid:hex`` (KEY_ID). Cached."""
+        return _parse_identity(cls, text, key)
+
+    @classmethod
+    def _parse(cls, text: str, key: str) -> Identity:
         text = text.strip()
         if not text:
             raise ConfigError("empty identity", key=key)
@@ -75,6 +80,16 @@ class Identity:
         if self.id_type == IdType.DER_ASN1_DN:
             return "dn:" + self.data.hex()
         return "keyid:" + self.data.hex()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_identity(cls: type[Identity], text: str, key: str) -> Identity:
+    return cls._parse(text, key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +307,7 @@ class PeerConfig:
         return next((c for c in self.children if c.name == name), None)
 
     def matches_addr(self, addr: str) -> bool:
-        return "%any" in self.remote_addrs or any(
-            ipaddress.ip_address(a) == ipaddress.ip_address(addr) for a in self.remote_addrs
-        )
+        return "%any" in self.remote_addrs or any(_ip(a) == _ip(addr) for a in self.remote_addrs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ result must be a subset of both (RFC 7296 2.9). Empty result: TS_UNACCEPTABLE.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -64,7 +65,14 @@ def _full(version: int) -> tuple[IPAddress, IPAddress]:
 
 
 def parse_ts(text: str, *, key: str = "ts") -> TsRange | None:
-    """Parse one selector string; ``None`` for ``"dynamic"``. ConfigError(key) if invalid."""
+    """Parse one selector string; ``None`` for ``"dynamic"``. ConfigError(key) if invalid.
+
+    Cached: configurations are parsed on every negotiation."""
+    return _parse_ts(text, key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ts(text: str, key: str) -> TsRange | None:
     text = text.strip()
     proto, sport, eport = 0, 0, 65535
     if "[" in text:
@@ -104,6 +112,7 @@ def parse_ts(text: str, *, key: str = "ts") -> TsRange | None:
     return TsRange(start, end, proto, sport, eport)
 
 
+@functools.lru_cache(maxsize=4096)
 def host_ts(addr: str | IPAddress) -> TsRange:
     """The selector covering exactly one host (what ``dynamic`` becomes)."""
     ip = ipaddress.ip_address(addr)
