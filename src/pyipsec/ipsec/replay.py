@@ -77,7 +77,9 @@ class ReplayWindow:
         top = self.top
         blocks = self._blocks
         n = self._nblocks
-        if seq > top:
+        if seq > top and seq >> 6 == top >> 6:  # same block: nothing to clear
+            self.top = seq
+        elif seq > top:
             # clear the blocks the window moves over (RFC 6479 section 2.3)
             first = (top >> 6) + 1
             last = seq >> 6

@@ -19,8 +19,17 @@ import struct
 from collections import deque
 from typing import Protocol
 
+from cryptography.exceptions import InvalidTag
+
 from pyipsec.crypto.esp_algorithms import get_algorithm
-from pyipsec.errors import ConfigError, LifetimeExpired, PacketError, SelectorMismatch, UnknownSpi
+from pyipsec.errors import (
+    ConfigError,
+    IntegrityError,
+    LifetimeExpired,
+    PacketError,
+    SelectorMismatch,
+    UnknownSpi,
+)
 from pyipsec.ipsec.ah import AhProcessor
 from pyipsec.ipsec.esp import EspProcessor
 from pyipsec.ipsec.lifetime import (
@@ -37,6 +46,8 @@ from pyipsec.wire.flow import Flow
 from pyipsec.wire.ip import parse_flow
 
 _II = struct.Struct("!II")
+_H = struct.Struct("!H")
+_PADDING = bytes(range(1, 256))
 
 
 class FlowSelector(Protocol):
@@ -155,6 +166,16 @@ class SecurityAssociation:
         self._conf = alg.confidential
         self.packets_out = self.bytes_out = self.packets_in = self.bytes_in = 0
         self.overhead: int = self._proc.overhead()
+        # hot-path shortcuts (see encapsulate/decapsulate)
+        self._encap = self._proc.encapsulate
+        self._timed = lifetime is not None and lifetime.hard_seconds is not None
+        proc = self._proc
+        self._fast_in = (
+            isinstance(proc, EspProcessor) and proc.fast and proc.tunnel and self._replay.size > 0
+        )
+        if self._fast_in:
+            self._adec = proc.aead_decrypt
+            self._salt = proc.salt
 
     def __repr__(self) -> str:
         return (
@@ -219,6 +240,24 @@ class SecurityAssociation:
 
     def encapsulate(self, ip_packet: bytes, now: float | None = None) -> bytes:
         """Protect a whole IPv4/IPv6 packet; the whole outer packet."""
+        seq = self._seq + 1
+        if self._dead or seq >= self._seq_max or (now is not None and self._timed):
+            return self._encapsulate_checked(ip_packet, now)
+        try:
+            out = self._encap(ip_packet, seq)
+        except PacketError as e:
+            self._fail(e)
+            raise
+        self._seq = seq
+        self.packets_out = po = self.packets_out + 1
+        self.bytes_out = bo = self.bytes_out + len(ip_packet)
+        life = self._life
+        if po >= life.next_packets or bo >= life.next_bytes:
+            self._limits(life.over(po, bo), self._now if now is None else now)
+        return out
+
+    def _encapsulate_checked(self, ip_packet: bytes, now: float | None) -> bytes:
+        """encapsulate with the expiry, time and sequence-space checks done first."""
         seq = self._next_seq(now)
         try:
             out = self._proc.encapsulate(ip_packet, seq)
@@ -264,7 +303,70 @@ class SecurityAssociation:
         """Verify and unwrap a whole protected packet; the whole inner packet.
 
         Returns ``b""`` for an ESP dummy packet (next header 59).
+
+        Hot path (AEAD tunnel SA, plain ESP, next in-order packet): checked and
+        decrypted inline; anything else (options, fragments, NAT-T, out-of-order or
+        replayed numbers, errors) takes the general path below, which counts and
+        raises the right error.
         """
+        p = ip_packet
+        if self._fast_in and not self._dead and (now is None or not self._timed):
+            n = len(p)
+            b0 = p[0] if n else 0
+            off = 20 if b0 == 0x45 and p[9] == 50 else 40 if b0 >> 4 == 6 and p[6] == 50 else 0
+            if (
+                off
+                and n >= off + 36
+                and (
+                    _H.unpack_from(p, 2)[0] == n and not _H.unpack_from(p, 6)[0] & 0x3FFF
+                    if off == 20
+                    else _H.unpack_from(p, 4)[0] + 40 == n
+                )
+            ):
+                spi, seq = _II.unpack_from(p, off)
+                replay = self._replay
+                if spi == self.spi and seq > replay.top:
+                    try:
+                        pt = self._adec(
+                            self._salt + p[off + 8 : off + 16], p[off + 16 :], p[off : off + 8]
+                        )
+                    except InvalidTag:
+                        e = IntegrityError("ESP ICV verification failed")
+                        self._fail(e)
+                        raise e from None
+                    ln = len(pt)
+                    pad = pt[ln - 2]
+                    end = ln - 2 - pad
+                    nh = pt[ln - 1]
+                    if end >= 20 and (not pad or pt[end : ln - 2] == _PADDING[:pad]):
+                        v = pt[0] >> 4
+                        if nh == 4 and v == 4:
+                            il = _H.unpack_from(pt, 2)[0]
+                        elif nh == 41 and v == 6 and end >= 40:
+                            il = _H.unpack_from(pt, 4)[0] + 40
+                        else:
+                            il = 0
+                        if 20 <= il <= end:
+                            inner = pt[:il]
+                            if self.selectors is None:
+                                replay.update(seq)
+                                self.packets_in = pi = self.packets_in + 1
+                                self.bytes_in = bi = self.bytes_in + il
+                                life = self._life
+                                if pi >= life.next_packets or bi >= life.next_bytes:
+                                    self._limits(
+                                        life.over(pi, bi), self._now if now is None else now
+                                    )
+                                return inner
+                            try:
+                                return self._accept(seq, inner, now)
+                            except PacketError as e:
+                                self._fail(e)
+                                raise
+        return self._decapsulate_slow(p, now)
+
+    def _decapsulate_slow(self, ip_packet: bytes, now: float | None) -> bytes:
+        """The general decapsulation path: every check, every error counted."""
         try:
             if self._dead:
                 raise LifetimeExpired(f"SA {self.spi:#010x} expired")
