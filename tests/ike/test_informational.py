@@ -57,3 +57,23 @@ def test_initial_contact_replaces_stale_sa():
     down = p.of("b", IkeSaDown)
     assert [d.reason for d in down] == ["replaced"]
     assert p.b.statistics().ike_sas == 1 and p.b.statistics().child_sas == 1
+
+
+def test_hard_expiry_deletes_on_both_sides():
+    cfg = ChildConfig("c", rekey_time=1000.0, life_time=1100.0)
+    p = Pair(
+        peer_config("to-b", B_ADDR[0], children=(cfg,)),
+        peer_config("to-a", "192.0.2.1", children=(cfg,), rekey_time=10**6),
+    )
+    h = p.connect()
+    # no rekeying on either side: the Child SA reaches its hard lifetime
+    sa = p.a._by_handle[h]
+    sa.children[0].rekey_at = float("inf")
+    p.b._by_handle[p.of("b", IkeSaUp)[0].ike_sa].children[0].rekey_at = float("inf")
+    p.advance(1200)
+    reasons = {p.of("a", ChildSaDeleted)[0].reason, p.of("b", ChildSaDeleted)[0].reason}
+    assert reasons == {"expired", "deleted by peer"}  # the first to expire tells the other
+    assert p.a.statistics().child_sas == 0 and p.b.statistics().child_sas == 0
+    assert (
+        p.a.statistics().counter("expiry_deletes") + p.b.statistics().counter("expiry_deletes") >= 1
+    )

@@ -28,8 +28,9 @@ from pyipsec.ike.events import (
 from pyipsec.ike.exchanges import Task, notify
 from pyipsec.ike.retransmit import Retransmitter
 from pyipsec.ike.state import IkeState, ike_allows, ike_transition
-from pyipsec.wire.iana import ExchangeType, NotifyType
+from pyipsec.wire.iana import ExchangeType, NotifyType, ProtocolId
 from pyipsec.wire.ike import (
+    DeletePayload,
     EncryptedFragmentPayload,
     IkeHeader,
     Message,
@@ -489,13 +490,20 @@ class IkeSa:
             self.endpoint.stats["retransmits"] += 1
             self.send_packets(out)
         if self.expire_at is not None and now >= self.expire_at:
+            if self.state in (IkeState.ESTABLISHED, IkeState.REKEYING) and self.cipher_out:
+                self._notify_delete([DeletePayload(ProtocolId.IKE, 0, [])])
             self.close("expired", now, children_reason="expired")
             return
         if self.state != IkeState.ESTABLISHED:
             return
         for c in list(self.children):
             if now >= c.expire_at:
+                # hard lifetime: gone at once; tell the peer without waiting for it
+                from pyipsec.ike.exchanges.informational import DeleteSpisTask
+
+                proto = ProtocolId.AH if c.protocol == "ah" else ProtocolId.ESP
                 self.remove_child(c, "expired")
+                self.queue(DeleteSpisTask(proto, [c.inbound_spi]), now)
             elif c.state.value == "installed" and now >= c.rekey_at:
                 c.transition("rekey")
                 self.queue(RekeyChildTask(c), now)
@@ -511,6 +519,13 @@ class IkeSa:
         ):
             self.dpd_queued = True
             self.queue(DpdTask(), now)
+
+    def _notify_delete(self, payloads: list[Any]) -> None:
+        """A Delete request we do not wait for (the IKE SA is going away). Sent only when the
+        window is free; otherwise the peer's own lifetime handling takes over."""
+        if self.pending is None:
+            self.send_oneway(ExchangeType.INFORMATIONAL, payloads)
+            self.endpoint.stats["expiry_deletes"] += 1
 
     def _give_up(self, now: float) -> None:
         self.endpoint.stats["timeouts"] += 1

@@ -61,6 +61,26 @@ class DeleteChildTask(Task):
         pass
 
 
+class DeleteSpisTask(Task):
+    """Tell the peer about Child SAs already removed here (hard lifetime reached)."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    name = "delete_spis"
+
+    def __init__(self, protocol: int, spis: list[int]) -> None:
+        self.protocol = protocol
+        self.spis = spis
+
+    def build(self, sa: IkeSa, now: float) -> list[Any] | None:
+        if sa.state.value not in ("established", "rekeying"):
+            return None
+        sa.endpoint.stats["expiry_deletes"] += 1
+        return [DeletePayload(self.protocol, 4, [struct.pack("!I", s) for s in self.spis])]
+
+    def process(self, sa: IkeSa, msg: Message, now: float) -> None:
+        pass
+
+
 class DeleteIkeTask(Task):
     """Delete this IKE SA (``rekeyed``: it was replaced by a new one, no IkeSaDown)."""
 
