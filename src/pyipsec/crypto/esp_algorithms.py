@@ -284,6 +284,9 @@ class _CbcHmacTransform:
         self._icv = alg.icv_len
 
     def seal(self, seq: int, header: bytes, payload: bytes) -> tuple[bytes, bytes]:
+        if self._bs and len(payload) % self._bs:
+            # a partial block would stay buffered in the long-lived context
+            raise ValueError("CBC payload must be padded to the block size")
         body = payload if self._null else self._enc.update(os.urandom(self._bs) + payload)
         if self._esn:  # RFC 4303 section 3.3.2.1: high bits appended, never sent
             return body, self._mac.compute(header, body, _I.pack(seq >> 32))

@@ -13,6 +13,7 @@ import struct
 
 from pyipsec.crypto.esp_algorithms import EspAlgorithm, make_ah_mac
 from pyipsec.errors import MalformedPacket
+from pyipsec.ipsec.esp import _is_fragment
 from pyipsec.wire.ah import AH_HEADER, ah_length, zero_ipv4_mutable, zero_ipv6_mutable
 from pyipsec.wire.ip import (
     IPV4_HEADER,
@@ -127,6 +128,8 @@ class AhProcessor:
             _H.pack_into(ip, 10, ipv4_header_checksum(ip))
         else:
             nh_off, end = ipv6_transport_split(packet)
+            if _is_fragment(packet, end):
+                raise MalformedPacket("transport mode cannot protect an IPv6 fragment")
             nh = packet[nh_off]
             rest = packet[end:]
             ipv6 = True
@@ -159,13 +162,13 @@ class AhProcessor:
             if n < 40 or _H.unpack_from(packet, 4)[0] + 40 != n:
                 raise MalformedPacket("IPv6 payload length does not match the packet")
             proto, off, nh_off = packet[6], 40, 6
-            while proto in _WALK6:
+            while proto in _WALK6 or proto == PROTO_FRAGMENT:
                 ln = ipv6_ext_length(packet, off, proto)
+                if proto == PROTO_FRAGMENT and _H.unpack_from(packet, off + 2)[0] & 0xFFF9:
+                    raise MalformedPacket("IPv6 fragment: reassemble before AH processing")
                 nh_off = off
                 proto = packet[off]
                 off += ln
-            if proto == PROTO_FRAGMENT:
-                raise MalformedPacket("IPv6 fragment: reassemble before AH processing")
         else:
             raise MalformedPacket(f"IP version {v}")
         if proto != PROTO_AH:

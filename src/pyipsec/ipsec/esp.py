@@ -86,6 +86,20 @@ def fix_l4_checksum(packet: bytes) -> bytes:
     return bytes(buf)
 
 
+def _is_fragment(packet: bytes, end: int) -> bool:
+    """Whether the IPv6 headers before ``end`` hold a fragment header of a real
+    (non-atomic) fragment."""
+    nh = packet[6]
+    off = 40
+    while off < end:
+        ln = ipv6_ext_length(packet, off, nh)
+        if nh == PROTO_FRAGMENT and _H.unpack_from(packet, off + 2)[0] & 0xFFF9:
+            return True
+        nh = packet[off]
+        off += ln
+    return False
+
+
 class EspProcessor:
     """Stateless ESP framing and crypto of one SA (its cipher objects live here)."""
 
@@ -175,6 +189,8 @@ class EspProcessor:
             if n < 40 or _H.unpack_from(packet, 4)[0] + 40 != n:
                 raise MalformedPacket("IPv6 payload length does not match the packet")
             nh_off, end = ipv6_transport_split(packet)
+            if _is_fragment(packet, end):
+                raise MalformedPacket("transport mode cannot protect an IPv6 fragment")
             return 6, end, packet[nh_off]
         raise MalformedPacket(f"IP version {b0 >> 4}")
 
@@ -370,13 +386,14 @@ class EspProcessor:
             proto = packet[6]
             nh_off = 6
             end = 40
-            while proto in _WALK6:
+            while proto in _WALK6 or proto == PROTO_FRAGMENT:
                 ln = ipv6_ext_length(packet, end, proto)
+                if proto == PROTO_FRAGMENT and _H.unpack_from(packet, end + 2)[0] & 0xFFF9:
+                    # only an atomic fragment (offset 0, M 0; RFC 6946) is a whole packet
+                    raise MalformedPacket("IPv6 fragment: reassemble before ESP processing")
                 nh_off = end
                 proto = packet[end]
                 end += ln
-            if proto == PROTO_FRAGMENT:
-                raise MalformedPacket("IPv6 fragment: reassemble before ESP processing")
         else:
             raise MalformedPacket(f"IP version {b0 >> 4}")
         if proto == PROTO_ESP:

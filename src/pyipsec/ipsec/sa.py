@@ -312,7 +312,7 @@ class SecurityAssociation:
         p = ip_packet
         if self._fast_in and not self._dead and (now is None or not self._timed):
             n = len(p)
-            b0 = p[0] if n else 0
+            b0 = p[0] if n >= 56 else 0  # shorter than any valid IPv4 ESP tunnel packet
             off = 20 if b0 == 0x45 and p[9] == 50 else 40 if b0 >> 4 == 6 and p[6] == 50 else 0
             if (
                 off
