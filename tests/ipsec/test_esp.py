@@ -317,7 +317,7 @@ def test_flipped_icv_is_not_authenticated(name: str, mode: str) -> None:
     if ALGORITHMS[name].protocol == "esp":
         bad = wire[:-1] + bytes([wire[-1] ^ 0x80])  # last ICV byte
     else:
-        bad = wire[:24] + bytes([wire[24] ^ 0x80]) + wire[25:]  # first ICV byte
+        bad = wire[:32] + bytes([wire[32] ^ 0x80]) + wire[33:]  # first ICV byte
     with pytest.raises(IntegrityError):
         rx.decapsulate(bad)
     s = rx.statistics()
