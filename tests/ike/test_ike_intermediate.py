@@ -66,3 +66,19 @@ def test_int_auth_octets_lengths_exclude_iv_padding_icv():
     assert int.from_bytes(octets[24:28], "big") == len(octets)  # IKE header length
     assert int.from_bytes(octets[30:32], "big") == 4 + inner  # SK payload length
     assert octets[16] == 46 and octets[28] == 34  # SK, first inner payload KE
+
+
+def test_hybrid_ike_rekey_uses_followup_ke_both_sides():
+    p = hybrid_pair()
+    h = p.connect()
+    for side, handle in (("a", h), ("b", p.of("b", IkeSaUp)[0].ike_sa)):
+        (p.a if side == "a" else p.b).rekey_ike(handle, p.now)
+        p.advance(10)
+    assert p.a.statistics().counter("followup_ke_exchanges") == 2
+    assert p.b.statistics().counter("followup_ke_exchanges") == 2
+    assert len(p.of("a", IkeSaRekeyed)) == 2 and len(p.of("b", IkeSaRekeyed)) == 2
+    sa_a, sa_b = p.a._by_handle[h], p.b._by_handle[p.of("b", IkeSaUp)[0].ike_sa]
+    assert sa_a.keys == sa_b.keys  # both derived SKEYSEED with the ML-KEM secret
+    p.a.rekey_child(h, "c", p.now)  # the new IKE SA works
+    p.advance(10)
+    assert len(p.of("b", ChildSaInstalled)) == 2

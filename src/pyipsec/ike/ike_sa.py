@@ -358,6 +358,7 @@ class IkeSa:
             ike_auth,
             ike_intermediate,
             informational,
+            rekey_ike,
         )
 
         handlers = {
@@ -365,6 +366,7 @@ class IkeSa:
             ExchangeType.IKE_INTERMEDIATE: ike_intermediate.respond,
             ExchangeType.CREATE_CHILD_SA: create_child_sa.respond,
             ExchangeType.INFORMATIONAL: informational.respond,
+            ExchangeType.IKE_FOLLOWUP_KE: rekey_ike.respond_followup,
         }
         handler = handlers.get(header.exchange_type)
         if handler is None:

@@ -3,7 +3,10 @@
 The initiator sends SA (protocol IKE, its new SPI), Ni, KEi; the responder answers SA (its
 new SPI), Nr, KEr. The new IKE SA's keys: SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr);
 its "original initiator" is the initiator of the rekey. The Child SAs move to the new IKE
-SA; the initiator of the rekey then deletes the old IKE SA. A rekey request that collides
+SA; the initiator of the rekey then deletes the old IKE SA. With additional key exchanges
+negotiated (RFC 9370 2.2.4) the responder answers N(ADDITIONAL_KEY_EXCHANGE) and the
+initiator runs one IKE_FOLLOWUP_KE per ADDKE on the old SA before the new one exists:
+SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n)). A rekey request that collides
 with our own outstanding one is refused with TEMPORARY_FAILURE and both sides retry after
 a random delay (the jittered retry makes one of them win).
 """
@@ -17,7 +20,7 @@ from pyipsec.crypto.ike_keys import rekey_ike_keys
 from pyipsec.crypto.ke import ke_by_id
 from pyipsec.errors import ProtocolError
 from pyipsec.ike.events import IkeSaRekeyed, NegotiationFailed
-from pyipsec.ike.exchanges import Task, error_notify
+from pyipsec.ike.exchanges import Task, error_notify, get_notify, notify
 from pyipsec.ike.exchanges.create_child_sa import NONCE_SIZE, _InvalidKe
 from pyipsec.ike.proposals import (
     check_chosen,
@@ -77,13 +80,99 @@ class RekeyIkeTask(Task):
             sa.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
             sa.emit(NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc)))
             return
-        new = make_rekeyed_sa(
-            sa, True, self.spi, chosen.spi, chosen, self.ni, nonce.data, shared, now
-        )
-        from pyipsec.ike.exchanges.informational import DeleteIkeTask
+        state = _Followup(self.spi, chosen, self.ni, nonce.data, shared)
+        state.pending = [k for _, k in chosen.additional_kes()]
+        if state.pending:  # RFC 9370 2.2.4: the additional exchanges follow on this SA
+            link = get_notify(msg, NotifyType.ADDITIONAL_KEY_EXCHANGE)
+            if link is None:
+                sa.transition("rekey_failed")
+                sa.rekey_queued = False
+                sa.emit(
+                    NegotiationFailed(
+                        sa.handle,
+                        sa.peer_name,
+                        NotifyType.INVALID_SYNTAX,
+                        "ADDITIONAL_KEY_EXCHANGE missing",
+                    )
+                )
+                return
+            state.link = link.data
+            sa.queue(FollowupKeTask(state), now, first=True)
+            return
+        _finish_initiator(sa, state, now)
 
-        sa.queue(DeleteIkeTask(rekeyed=True), now)
-        new.kick(now)
+
+class _Followup:
+    """An IKE rekey whose additional key exchanges are still running."""
+
+    def __init__(self, spi: bytes, chosen: Any, ni: bytes, nr: bytes, shared: bytes) -> None:
+        self.spi, self.chosen, self.ni, self.nr, self.shared = spi, chosen, ni, nr, shared
+        self.pending: list[int] = []
+        self.secrets: list[bytes] = []
+        self.link = b""
+        self.theirs_spi = chosen.spi
+
+
+def _finish_initiator(sa: IkeSa, st: _Followup, now: float) -> None:
+    from pyipsec.ike.exchanges.informational import DeleteIkeTask
+
+    new = make_rekeyed_sa(
+        sa,
+        True,
+        st.spi,
+        st.theirs_spi,
+        st.chosen,
+        st.ni,
+        st.nr,
+        st.shared,
+        now,
+        additional=st.secrets,
+    )
+    sa.queue(DeleteIkeTask(rekeyed=True), now)
+    new.kick(now)
+
+
+class FollowupKeTask(Task):
+    """Initiator: one IKE_FOLLOWUP_KE exchange (RFC 9370 section 2.2.4)."""
+
+    exchange = ExchangeType.IKE_FOLLOWUP_KE
+    name = "ike_followup_ke"
+
+    def __init__(self, state: _Followup) -> None:
+        self.st = state
+
+    def build(self, sa: IkeSa, now: float) -> list[Any] | None:
+        self.group = self.st.pending[0]
+        self.kx = ke_by_id(self.group).new()
+        return [
+            KePayload(self.group, self.kx.public_value()),
+            notify(NotifyType.ADDITIONAL_KEY_EXCHANGE, self.st.link),
+        ]
+
+    def process(self, sa: IkeSa, msg: Message, now: float) -> None:
+        ke = msg.find(KePayload)
+        err = error_notify(msg)
+        try:
+            if err is not None or ke is None or ke.group != self.group:
+                raise ProtocolError(
+                    "IKE_FOLLOWUP_KE failed",
+                    notify=err.notify_type if err else NotifyType.INVALID_SYNTAX,
+                )
+            self.st.secrets.append(self.kx.complete(ke.data))
+        except ProtocolError as exc:
+            sa.transition("rekey_failed")
+            sa.rekey_queued = False
+            sa.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
+            sa.emit(NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc)))
+            return
+        self.st.pending.pop(0)
+        sa.endpoint.stats["followup_ke_exchanges"] += 1
+        if self.st.pending:
+            link = get_notify(msg, NotifyType.ADDITIONAL_KEY_EXCHANGE)
+            self.st.link = link.data if link is not None else self.st.link
+            sa.queue(FollowupKeTask(self.st), now, first=True)
+            return
+        _finish_initiator(sa, self.st, now)
 
     def abort(self, sa: IkeSa, now: float) -> None:
         pass
@@ -99,8 +188,11 @@ def make_rekeyed_sa(
     nr: bytes,
     shared: bytes,
     now: float,
+    additional: list[bytes] | tuple[bytes, ...] = (),
 ) -> IkeSa:
-    """Create the successor IKE SA (RFC 7296 2.18) and move the Child SAs to it."""
+    """Create the successor IKE SA (RFC 7296 2.18) and move the Child SAs to it.
+
+    ``additional``: shared secrets of IKE_FOLLOWUP_KE exchanges (RFC 9370 2.2.4)."""
     from pyipsec.ike.ike_sa import IkeSa
 
     assert old.keys is not None and old.chosen is not None and old.peer is not None
@@ -128,6 +220,7 @@ def make_rekeyed_sa(
         enc_len,
         integ_len,
         old_prf=old.chosen.prf,
+        additional_shared_secrets=tuple(additional),
     )
     encr = chosen.encr
     new.chosen = chosen
@@ -177,7 +270,47 @@ def respond_rekey_ike(
     spi = sa.endpoint._new_ike_spi()
     sa.transition("recv_rekey_ike")
     payloads = [chosen_sa_payload(chosen, spi), NoncePayload(nr), KePayload(ke.group, value)]
+    pending = [k for _, k in chosen.additional_kes()]
+    if pending:  # RFC 9370 2.2.4: wait for the IKE_FOLLOWUP_KE exchanges
+        st = _Followup(spi, chosen, ni, nr, shared)
+        st.pending, st.link = pending, sa.rand(8)
+        sa.ctx["followup"] = st
+        return [*payloads, notify(NotifyType.ADDITIONAL_KEY_EXCHANGE, st.link)]
     sa.ctx["after_response"] = lambda t: make_rekeyed_sa(
         sa, False, spi, chosen.spi, chosen, ni, nr, shared, t
+    )
+    return payloads
+
+
+def respond_followup(sa: IkeSa, msg: Message, now: float) -> list[Any] | None:
+    """Responder side of IKE_FOLLOWUP_KE (RFC 9370 section 2.2.4)."""
+    st: _Followup | None = sa.ctx.get("followup")
+    link = get_notify(msg, NotifyType.ADDITIONAL_KEY_EXCHANGE)
+    ke = msg.find(KePayload)
+    if st is None or link is None or link.data != st.link:
+        raise ProtocolError("unknown IKE_FOLLOWUP_KE", notify=NotifyType.STATE_NOT_FOUND)
+    if ke is None or ke.group != st.pending[0]:
+        raise ProtocolError("unexpected key exchange", notify=NotifyType.INVALID_SYNTAX)
+    value, secret = ke_by_id(ke.group).respond(ke.data)
+    st.secrets.append(secret)
+    st.pending.pop(0)
+    sa.endpoint.stats["followup_ke_exchanges"] += 1
+    payloads: list[Any] = [KePayload(ke.group, value)]
+    if st.pending:
+        st.link = sa.rand(8)
+        payloads.append(notify(NotifyType.ADDITIONAL_KEY_EXCHANGE, st.link))
+        return payloads
+    del sa.ctx["followup"]
+    sa.ctx["after_response"] = lambda t: make_rekeyed_sa(
+        sa,
+        False,
+        st.spi,
+        st.theirs_spi,
+        st.chosen,
+        st.ni,
+        st.nr,
+        st.shared,
+        t,
+        additional=st.secrets,
     )
     return payloads
