@@ -383,3 +383,20 @@ def test_lossy_network_handshake_and_rekeys(seed):
         assert not p.of(s, IkeSaDown)
     assert p.a.statistics().child_sas == 1 and p.b.statistics().child_sas == 1
     assert_pair_matches(installed(p, "a")[-1], installed(p, "b")[-1])
+
+
+def test_wildcard_or_empty_local_address_from_socket_layer():
+    """A daemon bound to 0.0.0.0 may pass ("", 500): no crash, the configured address or
+    the peer's local_addr is used, and no NAT is imagined for ourselves."""
+    p = Pair()
+    got = []
+    orig = p.b.receive_datagram
+
+    def recv(data, addr, now, local_addr=None):
+        got.append(local_addr)
+        orig(data, addr, now, local_addr=("", 500))
+
+    p.b.receive_datagram = recv
+    p.connect()
+    assert got and p.of("b", IkeSaUp)[0].local_addr == ("192.0.2.2", 500)
+    assert not installed(p, "b")[0].encap_udp

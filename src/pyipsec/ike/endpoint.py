@@ -38,6 +38,10 @@ from pyipsec.wire.ike import pull_header, pull_message
 NON_ESP_MARKER = b"\0\0\0\0"
 
 
+def _specified(ip: str) -> bool:
+    return ip not in ("", "0.0.0.0", "::")
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointStatistics:
     """Snapshot of an endpoint: SA counts and the counters (name, value), sorted by name.
@@ -148,8 +152,22 @@ class IkeEndpoint:
         except PyipsecError:
             self.stats["malformed"] += 1
             return
-        local = local_addr or (self.config.local_addr, self.config.port)
+        local = self._local_for(local_addr, addr)
         ike_sa_init.respond(self, data, msg, addr, local, now)
+
+    def _local_for(
+        self, local_addr: tuple[str, int] | None, remote: tuple[str, int]
+    ) -> tuple[str, int]:
+        """Our address for a datagram from ``remote``: the one the socket layer gives, else
+        the configured one; "" or a wildcard address means unknown (then NAT detection
+        cannot tell whether we are behind a NAT, and "dynamic" selectors cannot resolve:
+        pass the real destination address, e.g. from IP_PKTINFO)."""
+        ip, port = local_addr if local_addr else (self.config.local_addr, self.config.port)
+        if not _specified(ip):
+            ip = self.config.local_addr
+        if not _specified(ip):
+            ip = "::" if ":" in remote[0] else "0.0.0.0"
+        return (ip, port)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int]]]:
         """Datagrams produced since the last call, with their destination."""

@@ -300,7 +300,8 @@ class IkeSa:
             # authenticated message from a new NAT mapping / on the NAT-T port (2.23)
             self.remote_addr = addr
             if local_addr is not None:
-                self.local_addr = local_addr
+                ip = local_addr[0] if local_addr[0] not in ("", "0.0.0.0", "::") else None
+                self.local_addr = (ip or self.local_addr[0], local_addr[1])
         if header.response:
             task = self.pending
             self.pending = None

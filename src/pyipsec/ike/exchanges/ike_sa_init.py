@@ -96,7 +96,8 @@ def _peer_features(sa: IkeSa, msg: Message) -> None:
     if src:
         sa.nat_remote = nat_hash(sa.spi_i, spi_r, sa.remote_addr) not in src
     if dst:
-        sa.nat_local = nat_hash(sa.spi_i, spi_r, sa.local_addr) not in dst
+        if sa.local_addr[0] not in ("0.0.0.0", "::"):  # unknown own address: cannot tell
+            sa.nat_local = nat_hash(sa.spi_i, spi_r, sa.local_addr) not in dst
 
 
 def install_keys(sa: IkeSa, chosen: Chosen, shared_secret: bytes) -> None:
@@ -279,6 +280,8 @@ def respond(
         stats["malformed"] += 1
         _plain_reply(endpoint, msg, addr, [notify(NotifyType.INVALID_SYNTAX)])
         return None
+    if local[0] in ("0.0.0.0", "::") and peer.local_addr:
+        local = (peer.local_addr, local[1])
     sa = IkeSa(
         endpoint,
         endpoint._new_handle(),
