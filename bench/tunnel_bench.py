@@ -58,7 +58,9 @@ LABELS = {
     "strongswan": "strongSwan libipsec tunnel ESP-in-UDP aes128gcm16",
     "pyipsec-tunnel": "pyipsec tunnel ESP-in-UDP aes128gcm16",
     "pyipsec-transport": "pyipsec transport raw ESP aes128gcm16",
+    "mixed": "pyipsec (IKE + data plane) A <-> strongSwan B, tunnel",
 }
+OPTIONAL = ("mixed",)  #: run only when named in --variants
 
 
 class Skip(Exception):
@@ -306,11 +308,62 @@ def bench_pyipsec(mode: str) -> Callable[[Result, argparse.Namespace, Path], Non
     return bench
 
 
+def bench_mixed(result: Result, args: argparse.Namespace, workdir: Path) -> None:
+    """pyipsec in A (its IKEv2 in this process, then its data plane keyed with what IKE
+    negotiated) against charon + kernel-libipsec in B: the interop path under load."""
+    reason = pyipsec_available()
+    if reason:
+        raise Skip(reason)
+    from pyipsec.ike.config import AuthConfig, ChildConfig, EndpointConfig, PeerConfig
+    from pyipsec.ike.events import ChildSaInstalled
+    from pyipsec_peer import IkePeer, static_sa_yaml, write_secret_file
+
+    psk = os.urandom(32)
+    child = ChildConfig(
+        "bench", local_ts=(f"{INNER_A}/32",), remote_ts=(f"{INNER_B}/32",), mode="tunnel",
+        esp_proposals=("aes128gcm16",),
+    )  # fmt: skip
+    peer = PeerConfig(
+        "charon", remote_addrs=(OUTER_B,), local_addr=OUTER_A, local_auth=AuthConfig(psk=psk),
+        remote_auth=AuthConfig(psk=psk), local_id="a@bench", remote_id="b@bench",
+        children=(child,),
+    )  # fmt: skip
+    conn = Connection(
+        "bench", [OUTER_B], [OUTER_A], "b@bench", "a@bench",
+        [Child("bench", [f"{INNER_B}/32"], [f"{INNER_A}/32"])], encap=True,
+    )  # fmt: skip
+    with (
+        netns_pair(),
+        Charon(NS_B, [conn], [Psk(ids=("a@bench", "b@bench"), secret=psk)]) as charon,
+        IkePeer(NS_A, OUTER_A, EndpointConfig(peers=(peer,), local_addr=OUTER_A)) as ike,
+        contextlib.ExitStack() as stack,
+    ):
+        ike.endpoint.initiate(peer, child, time.time())
+        installed = ike.wait_for(ChildSaInstalled)
+        charon.wait_established("bench")
+        ike.release_nat_t_port()
+        path = workdir / "static-mixed-a.yaml"
+        write_secret_file(path, static_sa_yaml(installed, local_ts=INNER_A, remote_ts=INNER_B))
+        log = open(workdir / "pyipsec-mixed-a.log", "wb")  # noqa: SIM115
+        stack.callback(log.close)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", NS_A, PYIPSEC, "dataplane", "-v", "--static", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(kill_leftovers, NS_A)
+        stack.callback(stop_process, proc)
+        wait_dataplanes({NS_A: proc}, workdir, "mixed")
+        wait_ping(NS_A, INNER_A, INNER_B)
+        measure(result, INNER_A, INNER_B, args, (NS_A, "pyipsec0"))
+
+
 BENCHES: dict[str, Callable[[Result, argparse.Namespace, Path], None]] = {
     "plain": bench_plain,
     "strongswan": bench_strongswan,
     "pyipsec-tunnel": bench_pyipsec("tunnel"),
     "pyipsec-transport": bench_pyipsec("transport"),
+    "mixed": bench_mixed,
 }
 
 
@@ -343,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS + OPTIONAL)}")
     for tool in ("iperf3", "ip"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not installed")
