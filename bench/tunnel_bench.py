@@ -8,7 +8,8 @@ iperf3 TCP from A to B (``--duration`` seconds, ``--runs`` times, median) throug
    aes128gcm16, one charon per namespace (tests/strongswan.py starts them);
 3. pyipsec tunnel mode, ESP-in-UDP, aes128gcm16, manual keys
    (``pyipsec dataplane --static FILE`` in each namespace);
-4. pyipsec transport mode, raw ESP, aes128gcm16, manual keys.
+4. pyipsec transport mode, raw ESP, aes128gcm16, manual keys;
+5. (``mixed``, only when named) pyipsec's IKEv2 and data plane in A against charon in B.
 
 Tunnel variants carry traffic between inner addresses on each side's loopback
 (10.97.1.1 <-> 10.97.2.1); the outer addresses are the veth ones (10.97.0.1/.2). Each
