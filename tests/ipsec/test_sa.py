@@ -244,3 +244,68 @@ def test_statistics_snapshot_is_frozen() -> None:
         s.packets_out = 5  # type: ignore[misc]
     tx.encapsulate(PKT)
     assert s.packets_out == 0 and tx.statistics().packets_out == 1
+
+
+FUZZ_SAS = [
+    dict(
+        algorithm="aes128gcm16",
+        key=KEY,
+        mode="tunnel",
+        tunnel_src="192.0.2.1",
+        tunnel_dst="192.0.2.2",
+    ),
+    dict(algorithm="aes128-sha256", key=os.urandom(48), encap="udp"),
+    dict(protocol="ah", algorithm="sha256", key=os.urandom(32)),
+    dict(
+        algorithm="chacha20poly1305",
+        key=os.urandom(36),
+        esn=True,
+        mode="tunnel",
+        tunnel_src="2001:db8::1",
+        tunnel_dst="2001:db8::2",
+    ),
+]
+
+
+def _mutations():
+    from hypothesis import strategies as st
+
+    base = [
+        SecurityAssociation(0x777, **kw).encapsulate(p)
+        for kw in FUZZ_SAS
+        for p in (PKT, bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP()))
+    ]
+    return st.one_of(
+        st.binary(max_size=200),
+        st.tuples(st.sampled_from(base), st.integers(0, 300), st.binary(max_size=8)).map(
+            lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + len(t[2]) :]
+        ),
+        st.tuples(st.sampled_from(base), st.integers(0, 300)).map(lambda t: t[0][: t[1]]),
+    )
+
+
+def test_fuzz_decapsulate_raises_only_packet_errors() -> None:
+    from hypothesis import given, settings
+
+    from pyipsec.errors import PacketError
+
+    sas = [SecurityAssociation(0x777, **kw) for kw in FUZZ_SAS]
+
+    @settings(max_examples=400, deadline=None)
+    @given(data=_mutations())
+    def run(data: bytes) -> None:
+        for sa in sas:
+            before = sa.statistics()
+            try:
+                sa.decapsulate(data)
+            except PacketError:
+                after = sa.statistics()
+                assert after.errors == before.errors + 1
+                assert after.replay_top == before.replay_top
+            if sa.protocol == "esp":
+                try:
+                    sa.decapsulate_esp(data, "192.0.2.1", "192.0.2.2")
+                except PacketError:
+                    pass
+
+    run()

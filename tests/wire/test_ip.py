@@ -174,3 +174,12 @@ def test_check_ip_packet() -> None:
         check_ip_packet(bytes(IP() / UDP()) + b"x")
     with pytest.raises(MalformedPacket):
         check_ip_packet(bytes(IPv6() / UDP())[:-1])
+
+
+@given(st.binary(max_size=120))
+def test_fuzz_parse_flow(data: bytes) -> None:
+    try:
+        f = parse_flow(data)
+    except MalformedPacket:
+        return
+    assert f.version in (4, 6) and 0 <= f.protocol <= 255
