@@ -65,10 +65,12 @@ def test_gso_to_gro_over_loopback(family, addr):
             dst, seg = sk._pktinfo_dst(first[1], family)
             data = first[0]
             step = seg or len(data)
-            got += [(data[o : o + step], first[3][0], dst) for o in range(0, len(data), step)]
+            src = socket.inet_pton(family, first[3][0])
+            got += [(data[o : o + step], src, dst) for o in range(0, len(data), step)]
             got += sk.recv_with_addrs(rx, 64)
         assert [g[0] for g in got] == dgrams
-        assert {g[2] for g in got} == {addr} and {g[1] for g in got} == {addr}
+        packed = socket.inet_pton(family, addr)
+        assert {g[2] for g in got} == {packed} and {g[1] for g in got} == {packed}
     finally:
         rx.close()
         tx.close()

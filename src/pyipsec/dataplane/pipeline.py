@@ -311,9 +311,16 @@ class InboundPipeline:
             self._bytes += len(inner)
 
     def process_payloads(
-        self, items: list[tuple[bytes, str, str]], proto: int, now: float, *, udp: bool = False
+        self,
+        items: list[tuple[bytes, str | bytes, str | bytes]],
+        proto: int,
+        now: float,
+        *,
+        udp: bool = False,
     ) -> None:
-        """(payload, src, dst) triples: IPv6 raw ESP/AH payloads, or UDP 4500 datagrams."""
+        """(payload, src, dst) triples: IPv6 raw ESP/AH payloads, or UDP 4500 datagrams.
+
+        Addresses are packed bytes (what the sockets give) or strings."""
         self._received += len(items)
         sas = self.sas
         write = self.sink.write
@@ -363,7 +370,11 @@ class InboundPipeline:
         )  # fmt: skip
 
 
-def _ipv6_header(payload: bytes, src: str, dst: str) -> bytes:
+def _packed6(addr: str | bytes) -> bytes:
+    return addr if isinstance(addr, bytes) else ipaddress.IPv6Address(addr).packed
+
+
+def _ipv6_header(payload: bytes, src: str | bytes, dst: str | bytes) -> bytes:
     """The fixed IPv6 header an AH payload arrived under (raw IPv6 sockets strip it).
 
     Traffic class, flow label and hop limit are mutable and zeroed for AH's ICV (RFC 4302
@@ -375,6 +386,6 @@ def _ipv6_header(payload: bytes, src: str, dst: str) -> bytes:
         len(payload),
         51,
         64,
-        ipaddress.IPv6Address(src).packed,
-        ipaddress.IPv6Address(dst).packed,
+        _packed6(src),
+        _packed6(dst),
     )

@@ -122,8 +122,10 @@ class Service:
         control_path: str | None = None,
         cfg: routing.RoutingConfig | None = None,
         gso: bool = True,
+        offload: bool = True,
     ) -> None:
         self.cfg = cfg or routing.RoutingConfig()
+        self.offload = offload
         self.control_path = control_path or default_control_path()
         self.state = DataplaneState()
         self.state.policies = list(static.policies)
@@ -146,7 +148,7 @@ class Service:
 
     def install_kernel(self) -> Tun:
         self.mtu = self._mtu()
-        tun = Tun.open(self.cfg.ifname)
+        tun = Tun.open(self.cfg.ifname, offload=self.offload)
         routing.configure_link(self.cfg.ifname, self.mtu)
         if sysctl.prepare_tun(self.cfg.ifname):
             # all.rp_filter is on: an address makes the TUN pass loose/strict filtering
@@ -376,9 +378,15 @@ class Service:
                 os.unlink(self.control_path)
 
 
-def run_service(static: StaticConfig, *, control_path: str | None = None, gso: bool = True) -> int:
+def run_service(
+    static: StaticConfig,
+    *,
+    control_path: str | None = None,
+    gso: bool = True,
+    offload: bool = True,
+) -> int:
     """Run a data plane until SIGTERM/SIGINT; returns the process exit status."""
-    svc = Service(static, control_path=control_path, gso=gso)
+    svc = Service(static, control_path=control_path, gso=gso, offload=offload)
 
     def stop(*_: object) -> None:
         svc.stopping = True

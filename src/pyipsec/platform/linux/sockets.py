@@ -84,15 +84,15 @@ def open_udp_encap(family: int, mark: int, port: int = 4500, *, gro: bool = True
     return _marked(sock, mark)
 
 
-def _pktinfo_dst(ancdata: list, family: int) -> tuple[str | None, int]:
-    """Destination address (IP_PKTINFO / IPV6_PKTINFO) and GRO segment size from cmsgs."""
+def _pktinfo_dst(ancdata: list, family: int) -> tuple[bytes | None, int]:
+    """Destination address (IP_PKTINFO / IPV6_PKTINFO, packed) and GRO segment size."""
     dst = None
     seg = 0
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            dst = socket.inet_ntop(socket.AF_INET, data[8:12])  # ipi_addr (header dst)
+            dst = data[8:12]  # ipi_addr: the header's destination
         elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
-            dst = socket.inet_ntop(socket.AF_INET6, data[:16])
+            dst = data[:16]
         elif level == SOL_UDP and kind == UDP_GRO:
             seg = _I32.unpack_from(data)[0] if len(data) >= 4 else _U16.unpack_from(data)[0]
     return dst, seg
@@ -110,23 +110,26 @@ def recv_raw4(sock: socket.socket, limit: int) -> list[bytes]:
     return out
 
 
-def recv_with_addrs(sock: socket.socket, limit: int) -> list[tuple[bytes, str, str]]:
-    """Up to ``limit`` (payload, src, dst) from an IPv6 raw socket or a UDP socket.
+def recv_with_addrs(sock: socket.socket, limit: int) -> list[tuple[bytes, bytes, bytes]]:
+    """Up to ``limit`` (payload, src, dst) from an IPv6 raw socket or a UDP socket;
+    addresses are packed (4 or 16 bytes), as the SA takes them without parsing.
 
     UDP_GRO super-datagrams are split into their segments here.
     """
-    out: list[tuple[bytes, str, str]] = []
+    out: list[tuple[bytes, bytes, bytes]] = []
     family = sock.family
     recvmsg = sock.recvmsg
+    pton = socket.inet_pton
+    zero = bytes(16 if family == socket.AF_INET6 else 4)
     while len(out) < limit:
         try:
             data, anc, _flags, addr = recvmsg(65535, _CMSG_SPACE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             break
         dst, seg = _pktinfo_dst(anc, family)
-        src = addr[0]
+        src = pton(family, addr[0].partition("%")[0])
         if dst is None:
-            dst = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            dst = zero
         if seg and len(data) > seg:
             for off in range(0, len(data), seg):
                 out.append((data[off : off + seg], src, dst))
