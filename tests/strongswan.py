@@ -264,6 +264,7 @@ class Charon:
         (self.workdir / "run").mkdir()
         self.proc: subprocess.Popen | None = None
         self._log_cache: str | None = None
+        self._background: list[subprocess.Popen] = []
         _register_cleanup(self)  # the work directory goes even if start() is never reached
 
     # -- files
@@ -387,6 +388,17 @@ class Charon:
             "--load-all", "--noprompt", "--file", str(self.swanctl_dir / "swanctl.conf")
         )
 
+    def initiate_background(self, child: str, *, timeout: int = 15) -> subprocess.Popen:
+        """Start ``swanctl --initiate`` without waiting (the peer must be driven meanwhile,
+        e.g. a pyipsec engine in this process); it ends by itself after ``timeout``."""
+        cmd = [SWANCTL, "--initiate", "--child", child, "--timeout", str(timeout),
+               "--uri", f"unix://{self.vici_path}"]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=self._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._background.append(proc)
+        return proc
+
     def initiate(self, child: str, *, ike: str | None = None, timeout: int = 15) -> str:
         """Initiate Child SA ``child``; raise RuntimeError (with charon's output) on failure."""
         args = ["--initiate", "--child", child, "--timeout", str(timeout)]
@@ -471,7 +483,10 @@ class Charon:
         return self._log_cache or ""
 
     def stop(self) -> None:
-        """Stop charon by pid (SIGTERM, then SIGKILL)."""
+        """Stop charon by pid (SIGTERM, then SIGKILL), and any swanctl still running."""
+        for proc in self._background:
+            stop_process(proc)
+        self._background.clear()
         if self.proc is not None:
             stop_process(self.proc)
 
