@@ -309,3 +309,16 @@ def test_fuzz_decapsulate_raises_only_packet_errors() -> None:
                     pass
 
     run()
+
+
+def test_time_limits_noticed_by_traffic_alone() -> None:
+    tx, rx = pair(lifetime=Lifetime(soft_seconds=10, hard_seconds=20), now=0.0)
+    w = tx.encapsulate(PKT, now=12.0)  # past the soft limit: event, packet still sent
+    assert events(tx) == [SoftLifetimeExpired(0x777, "seconds", 12.0)]
+    assert rx.decapsulate(w, now=13.0) == PKT
+    assert events(rx) == [SoftLifetimeExpired(0x777, "seconds", 13.0)]
+    w2 = tx.encapsulate(PKT, now=19.0)
+    with pytest.raises(LifetimeExpired):
+        rx.decapsulate(w2, now=20.0)
+    assert events(rx) == [HardLifetimeExpired(0x777, "seconds", 20.0)]
+    assert rx.statistics().packets_in == 1 and rx.statistics().replay_top == 1

@@ -48,6 +48,7 @@ from pyipsec.wire.ip import parse_flow
 _II = struct.Struct("!II")
 _H = struct.Struct("!H")
 _PADDING = bytes(range(1, 256))
+_INF = float("inf")
 
 
 class FlowSelector(Protocol):
@@ -168,7 +169,8 @@ class SecurityAssociation:
         self.overhead: int = self._proc.overhead()
         # hot-path shortcuts (see encapsulate/decapsulate)
         self._encap = self._proc.encapsulate
-        self._timed = lifetime is not None and lifetime.hard_seconds is not None
+        self._deadline = _INF  # next time limit (soft or hard) to check, see check_lifetime
+        self._set_deadline()
         proc = self._proc
         self._fast_in = (
             isinstance(proc, EspProcessor) and proc.fast and proc.tunnel and self._replay.size > 0
@@ -198,8 +200,20 @@ class SecurityAssociation:
                 self._events.append(HardLifetimeExpired(self.spi, reason, now))
 
     def check_lifetime(self, now: float) -> None:
-        """Apply the time-based limits at ``now`` (queues events)."""
+        """Apply the time-based limits at ``now`` (queues events). Traffic carrying a
+        ``now`` past the next limit applies them too."""
         self._limits(self._life.over_time(now), now)
+        self._set_deadline()
+
+    def _set_deadline(self) -> None:
+        life = self._life
+        lt = life.lifetime
+        d = [_INF]
+        if lt.soft_seconds is not None and not life.soft_done:
+            d.append(life.created + lt.soft_seconds)
+        if lt.hard_seconds is not None and not life.hard_done:
+            d.append(life.created + lt.hard_seconds)
+        self._deadline = min(d)
 
     def _fail(self, e: PacketError) -> None:
         self._err[e.counter] = self._err.get(e.counter, 0) + 1
@@ -214,7 +228,7 @@ class SecurityAssociation:
     def _next_seq(self, now: float | None) -> int:
         if self._dead:
             raise self._expired(now)
-        if self._life.lifetime.hard_seconds is not None and now is not None:
+        if now is not None and now >= self._deadline:
             self.check_lifetime(now)
             if self._dead:
                 raise self._expired(now)
@@ -241,7 +255,7 @@ class SecurityAssociation:
     def encapsulate(self, ip_packet: bytes, now: float | None = None) -> bytes:
         """Protect a whole IPv4/IPv6 packet; the whole outer packet."""
         seq = self._seq + 1
-        if self._dead or seq >= self._seq_max or (now is not None and self._timed):
+        if self._dead or seq >= self._seq_max or (now is not None and now >= self._deadline):
             return self._encapsulate_checked(ip_packet, now)
         try:
             out = self._encap(ip_packet, seq)
@@ -310,7 +324,7 @@ class SecurityAssociation:
         raises the right error.
         """
         p = ip_packet
-        if self._fast_in and not self._dead and (now is None or not self._timed):
+        if self._fast_in and not self._dead and (now is None or now < self._deadline):
             n = len(p)
             b0 = p[0] if n >= 56 else 0  # shorter than any valid IPv4 ESP tunnel packet
             off = 20 if b0 == 0x45 and p[9] == 50 else 40 if b0 >> 4 == 6 and p[6] == 50 else 0
@@ -370,7 +384,7 @@ class SecurityAssociation:
         try:
             if self._dead:
                 raise LifetimeExpired(f"SA {self.spi:#010x} expired")
-            if now is not None and self._life.lifetime.hard_seconds is not None:
+            if now is not None and now >= self._deadline:
                 self.check_lifetime(now)
                 if self._dead:
                     raise LifetimeExpired(f"SA {self.spi:#010x} expired")
@@ -400,7 +414,7 @@ class SecurityAssociation:
                 raise ConfigError("decapsulate_esp needs an ESP SA", key="protocol")
             if self._dead:
                 raise LifetimeExpired(f"SA {self.spi:#010x} expired")
-            if now is not None and self._life.lifetime.hard_seconds is not None:
+            if now is not None and now >= self._deadline:
                 self.check_lifetime(now)
                 if self._dead:
                     raise LifetimeExpired(f"SA {self.spi:#010x} expired")
