@@ -281,3 +281,32 @@ def test_child_selectors_follow_policy_changes():
     assert not sel.matches(flow)
     table["ab"] = [policies()[0].entry.selector]
     assert sel.matches(flow)
+
+
+def test_flow_cache_within_a_batch_never_misclassifies():
+    """Consecutive packets reuse the SPD answer only when their 5-tuple bytes are equal."""
+    pols = [
+        parse_policy({"name": "web", "local": A4, "remote": B4, "protocol": "udp",
+                      "remote_ports": 2000, "action": "protect", "child": "ab"}),
+        parse_policy({"name": "drop", "local": A4, "remote": B4, "action": "discard"}),
+    ]  # fmt: skip
+    out, sender, _ = out_pipe(pols)
+    cfg = sa_cfg("out", mode="tunnel")  # transport mode refuses fragments (RFC 4303)
+    out.add_sa(cfg, cfg.build(), 0)
+
+    def frag(field: bytes) -> bytes:
+        p = bytearray(udp4(dport=2000))
+        p[6:8] = field
+        p[10:12] = b"\0\0"
+        p[10:12] = _csum(bytes(p[:20])).to_bytes(2, "big")
+        return bytes(p)
+
+    first = frag(b"\x20\x00")  # MF: first fragment, ports present -> protected
+    later = frag(b"\x00\x10")  # a non-first fragment whose payload starts like the ports
+    batch = [udp4(dport=2000), udp4(dport=2000), udp4(dport=2001), udp4(dport=2000),
+             first, later, udp4(src=B4, dst=A4, dport=2000)]  # fmt: skip
+    out.process(batch, 0)
+    st = out.statistics()
+    # protected: 3 x port 2000 + the first fragment; not: 2001, the later fragment (no
+    # ports: only the DISCARD entry matches it), and the reversed flow (no policy)
+    assert (st.packets_sent, st.not_protect, st.no_policy, st.errors) == (4, 2, 1, ())

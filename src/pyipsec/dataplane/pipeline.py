@@ -182,13 +182,27 @@ class OutboundPipeline:
         by_child = self.by_child
         used: list[_OutSa] = []
         protect = Action.PROTECT
+        last_key = None
+        entry = flow = None
         for pkt in packets:
-            try:
-                flow = parse_flow(pkt)
-            except MalformedPacket as exc:
-                _bump(self.errors, exc.counter)
-                continue
-            entry = lookup(flow, "out")
+            # consecutive packets of one TCP/UDP flow (TSO segments) share the SPD answer:
+            # the key holds everything parse_flow reads (IPv4: fragment field too)
+            b0 = pkt[0]
+            if b0 == 0x45 and len(pkt) >= 24 and (pkt[9] == 6 or pkt[9] == 17):
+                key = pkt[6:10] + pkt[12:24]
+            elif b0 >> 4 == 6 and len(pkt) >= 44 and (pkt[6] == 6 or pkt[6] == 17):
+                key = pkt[6:7] + pkt[8:44]
+            else:
+                key = None
+            if key is None or key != last_key:
+                try:
+                    flow = parse_flow(pkt)
+                except MalformedPacket as exc:
+                    _bump(self.errors, exc.counter)
+                    last_key = None
+                    continue
+                entry = lookup(flow, "out")
+                last_key = key
             if entry is None:
                 self._no_policy += 1
                 continue
