@@ -189,7 +189,7 @@ def test_invalid_policy_refused(tmp_path):
     c = Central(tmp_path, store_validator=lambda text, name: None)  # a store that lets it in
     try:
         now = time.time()
-        c.store.create_policy("web", "name: broken\nrules: 7\n", author="a", now=now)
+        c.store.create_policy("web", "- not a policy\n", author="a", now=now)
         c.store.create_group("g", now=now)
         c.store.assign("web", "g", now=now)
         c.store.add_host("g", "hosta", now=now)
