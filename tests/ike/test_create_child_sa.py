@@ -123,20 +123,28 @@ def test_simultaneous_child_rekey_slow_link():
     consistent(p)
 
 
-def test_simultaneous_ike_rekey():
-    p = Pair(seed=3)
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("latency", [0.01, 0.3])
+def test_simultaneous_ike_rekey(seed, latency):
+    """RFC 7296 2.8.2: both rekeys complete, the redundant IKE SA (lowest nonce) and the old
+    one are deleted, the Child SAs end up on the survivor on both sides."""
+    p = Pair(seed=seed, network=Network(seed=seed, latency=latency))
     p.connect()
     ha, hb = p.of("a", IkeSaUp)[0].ike_sa, p.of("b", IkeSaUp)[0].ike_sa
     p.a.rekey_ike(ha, p.now)
+    if seed % 2:
+        p.advance(latency / 2)
     p.b.rekey_ike(hb, p.now)
     p.advance(60)
     for side in "ab":
-        assert len(p.of(side, IkeSaRekeyed)) == 1
         assert not p.of(side, IkeSaDown) and not p.of(side, ChildSaDeleted)
-    sa_a, sa_b = p.a.ike_sas()[0], p.b.ike_sas()[0]
+    ep_a, ep_b = p.a, p.b
+    assert len(ep_a._by_spi) == 1 and len(ep_b._by_spi) == 1  # old and redundant SAs gone
+    sa_a, sa_b = ep_a.ike_sas()[0], ep_b.ike_sas()[0]
     assert (sa_a.spi_i, sa_a.spi_r) == (sa_b.spi_i, sa_b.spi_r)
-    assert p.a.statistics().ike_sas == 1 and p.b.statistics().ike_sas == 1
-    p.b.rekey_child(hb, "c", p.now)  # the new IKE SA works
+    assert p.of("a", IkeSaRekeyed)[-1].new_spi_i == sa_a.spi_i
+    assert sa_a.children == 1 and sa_b.children == 1
+    p.b.rekey_child(hb, "c", p.now)  # the surviving IKE SA works
     p.advance(10)
     consistent(p)
 

@@ -449,9 +449,33 @@ class IkeSa:
             task.abort(self, now)
         self.tasks.clear()
         self.retransmitter.stop()
+        pred = self.ctx.get("predecessor")
+        if pred is not None and pred.state != IkeState.CLOSED and reason == "deleted by peer":
+            # a simultaneous rekey (RFC 7296 2.8.2) made this successor redundant before we
+            # learnt about the collision: the Child SAs wait on the old SA for the survivor
+            from pyipsec.ike.events import IkeSaRekeyed
+
+            for child in self.children:
+                child.role = pred.role
+            pred.children, self.children = pred.children + self.children, []
+            if self.endpoint._current(self.handle) is self:
+                self.endpoint._replace(self, pred)
+                self.emit(
+                    IkeSaRekeyed(
+                        self.handle,
+                        self.spi_i.hex(),
+                        self.spi_r.hex(),
+                        pred.spi_i.hex(),
+                        pred.spi_r.hex(),
+                    )
+                )
         for child in list(self.children):
             self.remove_child(child, children_reason)
         self.state = IkeState.CLOSED
+        if self.ctx.get("successors"):
+            from pyipsec.ike.exchanges.rekey_ike import drop_redundant
+
+            drop_redundant(self, now)
         self.endpoint._forget(self)
         if self.endpoint._current(self.handle) in (self, None):
             if event:

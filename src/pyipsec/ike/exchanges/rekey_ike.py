@@ -75,31 +75,30 @@ class RekeyIkeTask(Task):
                 raise ProtocolError("bad IKE rekey proposal", notify=NotifyType.INVALID_SYNTAX)
             shared = self.kx.complete(ke.data)
         except ProtocolError as exc:
-            sa.transition("rekey_failed")
-            sa.rekey_queued = False
-            sa.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
-            sa.emit(NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc)))
+            _rekey_failed(sa, now, exc.notify or 0, str(exc))
             return
         state = _Followup(self.spi, chosen, self.ni, nonce.data, shared)
         state.pending = [k for _, k in chosen.additional_kes()]
         if state.pending:  # RFC 9370 2.2.4: the additional exchanges follow on this SA
             link = get_notify(msg, NotifyType.ADDITIONAL_KEY_EXCHANGE)
             if link is None:
-                sa.transition("rekey_failed")
-                sa.rekey_queued = False
-                sa.emit(
-                    NegotiationFailed(
-                        sa.handle,
-                        sa.peer_name,
-                        NotifyType.INVALID_SYNTAX,
-                        "ADDITIONAL_KEY_EXCHANGE missing",
-                    )
-                )
+                _rekey_failed(sa, now, NotifyType.INVALID_SYNTAX, "ADDITIONAL_KEY_EXCHANGE missing")
                 return
             state.link = link.data
             sa.queue(FollowupKeTask(state), now, first=True)
             return
         _finish_initiator(sa, state, now)
+
+
+def _rekey_failed(sa: IkeSa, now: float, notify_type: int, reason: str) -> None:
+    """Our IKE rekey failed: back to ESTABLISHED (unless the peer's rekey already replaced
+    this SA) and retry after a random 2-10 s."""
+    successor = sa.ctx.get("successor")
+    if (successor is None or successor[0].state.value == "closed") and sa.state.value == "rekeying":
+        sa.transition("rekey_failed")
+        sa.rekey_queued = False
+        sa.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
+    sa.emit(NegotiationFailed(sa.handle, sa.peer_name, notify_type, reason))
 
 
 class _Followup:
@@ -114,8 +113,6 @@ class _Followup:
 
 
 def _finish_initiator(sa: IkeSa, st: _Followup, now: float) -> None:
-    from pyipsec.ike.exchanges.informational import DeleteIkeTask
-
     new = make_rekeyed_sa(
         sa,
         True,
@@ -128,7 +125,6 @@ def _finish_initiator(sa: IkeSa, st: _Followup, now: float) -> None:
         now,
         additional=st.secrets,
     )
-    sa.queue(DeleteIkeTask(rekeyed=True), now)
     new.kick(now)
 
 
@@ -160,10 +156,7 @@ class FollowupKeTask(Task):
                 )
             self.st.secrets.append(self.kx.complete(ke.data))
         except ProtocolError as exc:
-            sa.transition("rekey_failed")
-            sa.rekey_queued = False
-            sa.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
-            sa.emit(NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc)))
+            _rekey_failed(sa, now, exc.notify or 0, str(exc))
             return
         self.st.pending.pop(0)
         sa.endpoint.stats["followup_ke_exchanges"] += 1
@@ -233,16 +226,78 @@ def make_rekeyed_sa(
     new.established_at = now
     new.rekey_at = now + old.peer.rekey_time - old.peer.jitter * old.endpoint._jitter()
     new.expire_at = now + old.peer.hard_life
-    for child in old.children:
-        child.role = new.role
-    new.children, old.children = old.children, []
+    new.ctx["predecessor"] = old
     old.endpoint._register(new)
-    old.endpoint._replace(old, new)
     old.endpoint.stats["ike_rekeys"] += 1
-    new.emit(
-        IkeSaRekeyed(old.handle, old.spi_i.hex(), old.spi_r.hex(), new.spi_i.hex(), new.spi_r.hex())
-    )
+    _adopt(old, new, initiator, min(ni, nr), now)
     return new
+
+
+def _move(src: IkeSa, dst: IkeSa) -> None:
+    """Children and the handle go from ``src`` to ``dst`` (IkeSaRekeyed)."""
+    for child in src.children:
+        child.role = dst.role
+    dst.children, src.children = dst.children + src.children, []
+    src.endpoint._replace(src, dst)
+    dst.emit(
+        IkeSaRekeyed(src.handle, src.spi_i.hex(), src.spi_r.hex(), dst.spi_i.hex(), dst.spi_r.hex())
+    )
+
+
+def _delete_old(old: IkeSa, now: float) -> None:
+    from pyipsec.ike.exchanges.informational import DeleteIkeTask
+
+    if not old.ctx.get("delete_queued"):
+        old.ctx["delete_queued"] = True
+        old.queue(DeleteIkeTask(rekeyed=True), now)
+
+
+def drop_redundant(old: IkeSa, now: float) -> None:
+    """``old`` is going away: delete successors that lost a rekey collision and are still
+    here (their initiator may never have seen our answer, e.g. when ``old`` was deleted
+    while its request was in flight); a second Delete for the same SA is harmless."""
+    from pyipsec.ike.exchanges.informational import DeleteIkeTask
+
+    keep = old.ctx.get("successor")
+    for sa in old.ctx.get("successors", []):
+        if (
+            (keep is None or sa is not keep[0])
+            and sa.state.value == "established"
+            and not sa.children
+            and not sa.ctx.get("delete_queued")
+        ):
+            sa.ctx["delete_queued"] = True
+            old.endpoint.stats["redundant_ike_sas_deleted"] += 1
+            sa.queue(DeleteIkeTask(rekeyed=True), now)
+
+
+def _adopt(old: IkeSa, new: IkeSa, initiated: bool, nonce: bytes, now: float) -> None:
+    """Make ``new`` the successor of ``old``; resolve simultaneous rekeys (RFC 7296 2.8.2):
+    of two successors, the one whose exchange had the lowest nonce is redundant and is
+    deleted by its initiator; the initiator of the survivor deletes the old IKE SA."""
+    from pyipsec.ike.exchanges.informational import DeleteIkeTask
+
+    old.ctx.setdefault("successors", []).append(new)
+    rival = old.ctx.get("successor")
+    if rival is None or rival[0].state.value == "closed":
+        old.ctx["successor"] = (new, nonce, initiated)
+        _move(old, new)
+        if initiated:
+            _delete_old(old, now)
+        return
+    old.endpoint.stats["ike_rekey_collisions"] += 1
+    rival_sa, rival_nonce, rival_initiated = rival
+    if nonce < rival_nonce:  # the new one is redundant
+        loser, loser_ours, winner_ours = new, initiated, rival_initiated
+    else:
+        loser, loser_ours, winner_ours = rival_sa, rival_initiated, initiated
+        old.ctx["successor"] = (new, nonce, initiated)
+        _move(rival_sa, new)
+    if loser_ours:
+        loser.ctx["delete_queued"] = True
+        loser.queue(DeleteIkeTask(rekeyed=True), now)
+    if winner_ours:
+        _delete_old(old, now)
 
 
 def respond_rekey_ike(
@@ -255,10 +310,13 @@ def respond_rekey_ike(
     now: float,
 ) -> list[Any]:
     assert sa.peer is not None
-    if sa.state.value != "established":
+    ours_running = sa.pending is not None and sa.pending.name in ("rekey_ike", "ike_followup_ke")
+    if sa.state.value != "established" and not (
+        sa.state.value == "rekeying" and (ours_running or sa.ctx.get("successor"))
+    ):
         raise ProtocolError("IKE SA busy", notify=NotifyType.TEMPORARY_FAILURE)
-    if sa.pending is not None and sa.pending.name == "rekey_ike":
-        raise ProtocolError("simultaneous IKE rekey", notify=NotifyType.TEMPORARY_FAILURE)
+    if ours_running and sa.pending is not None and sa.pending.name == "ike_followup_ke":
+        raise ProtocolError("simultaneous hybrid rekey", notify=NotifyType.TEMPORARY_FAILURE)
     if ke is None:
         raise ProtocolError("IKE rekey without KE", notify=NotifyType.INVALID_SYNTAX)
     chosen = select_proposal(prefer_ke(sa.peer.proposals(), ke.group), props)
