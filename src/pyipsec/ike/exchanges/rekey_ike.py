@@ -6,9 +6,13 @@ its "original initiator" is the initiator of the rekey. The Child SAs move to th
 SA; the initiator of the rekey then deletes the old IKE SA. With additional key exchanges
 negotiated (RFC 9370 2.2.4) the responder answers N(ADDITIONAL_KEY_EXCHANGE) and the
 initiator runs one IKE_FOLLOWUP_KE per ADDKE on the old SA before the new one exists:
-SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n)). A rekey request that collides
-with our own outstanding one is refused with TEMPORARY_FAILURE and both sides retry after
-a random delay (the jittered retry makes one of them win).
+SKEYSEED = prf(SK_d (old), SK(0) | Ni | Nr | SK(1) | ... | SK(n)).
+
+Simultaneous rekeying (RFC 7296 2.8.2, 2.25.2): a request colliding with our own rekey is
+answered as usual; of the two new IKE SAs the one whose exchange carried the lowest nonce
+is redundant and deleted by its initiator, the Child SAs end up on the survivor, and the
+initiator of the survivor deletes the old SA. (A collision with a hybrid rekey still in its
+IKE_FOLLOWUP_KE exchanges is refused with TEMPORARY_FAILURE and retried later.)
 """
 
 from __future__ import annotations
