@@ -45,31 +45,6 @@ def _enroll(tmp: Path, name: str, *extra: str) -> Identity:
     return Identity(name, crt, key)
 
 
-def test_pki_commands(env):
-    out = run("pki", "init", "--name", "Example CA").output
-    assert "created" in out and stat.S_IMODE(os.stat(env / "ca" / "ca.key").st_mode) == 0o600
-    assert run("pki", "init", "--name", "again", ok=False).exit_code != 0
-    a = _enroll(env, "hosta", "--ip", "10.77.0.1")
-    _enroll(env, "hostb", "--dns", "hostb.example")
-    listing = json.loads(run("pki", "list", "--json").output)
-    assert [c["subject"] for c in listing] == ["hosta", "hostb"]
-    assert listing[0]["sans"] == ["ip:10.77.0.1"] and listing[0]["status"] == "valid"
-    serial = listing[0]["serial"]
-    out = run("pki", "revoke", serial, "--reason", "key-compromise").output
-    assert "revoked" in out and "hosta" in out
-    table = run("pki", "list").output
-    assert re.search(rf"{serial}\s+hosta\s+ip:10.77.0.1\s+\S+ \S+\s+revoked", table)
-    bad = run("pki", "revoke", "zz", ok=False)
-    assert isinstance(bad.exception, ConfigError)
-    assert "CRL with 1 entries" in run("pki", "crl").output
-    # issuing to stdout
-    csr = env / "c.csr"
-    run("pki", "enroll", "--name", "hostc", "--key-out", str(env / "c.key"), "--csr-out", str(csr))
-    assert "BEGIN CERTIFICATE" in run("pki", "issue", "--csr", str(csr)).output
-    assert "PRIVATE" not in table + out
-    assert a.cert.exists()
-
-
 def test_policy_store_and_group_commands(env):
     f1, f2 = env / "p1.yaml", env / "p2.yaml"
     f1.write_text(policy_text("one"))
