@@ -1,0 +1,391 @@
+"""IKEv2 interop between pyipsec's IkeEndpoint and strongSwan's charon 5.9.8 (issue 6).
+
+charon runs in pyi-ai (10.99.1.1), pyipsec's engine (tests/interop/ikedriver.py) on real
+UDP 500/4500 sockets in pyi-bi (10.99.1.2). Every scenario runs with each side as the
+initiator (the ``side`` parameter: one column of the matrix printed at the end, see
+conftest.py) and checks on *both* sides what was agreed: IKE and Child SA SPIs, the
+algorithms, the identities (charon's view through vici). No data plane is involved:
+charon's Child SAs are installed in its kernel-libipsec (tunnel mode, ESP-in-UDP, since
+``encap = yes`` makes charon fake a NAT), pyipsec's are only negotiated.
+
+One charon is started per scenario (about 0.3 s); the whole file runs in a few minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ikedriver import IkeDriver  # noqa: E402
+
+import strongswan  # noqa: E402
+from netns import Topology  # noqa: E402
+from pki import Pki, make_ca, make_ee  # noqa: E402
+from pyipsec.ike import (  # noqa: E402
+    AuthConfig,
+    ChildConfig,
+    ChildSaDeleted,
+    ChildSaInstalled,
+    ChildSaRekeyed,
+    EndpointConfig,
+    IkeSaDown,
+    IkeSaRekeyed,
+    IkeSaUp,
+    PeerConfig,
+)
+from strongswan import Charon, Child, Connection, Psk  # noqa: E402
+from vici_client import ViciClient  # noqa: E402
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(not os.path.exists(strongswan.CHARON), reason="strongSwan not installed"),
+]
+
+A, B = "10.99.1.1", "10.99.1.2"  # charon (pyi-ai), pyipsec (pyi-bi)
+CHARON_ID, PY_ID = "charon@pyi", "py@pyi"
+SIDES = ["pyipsec", "charon"]  # who initiates
+
+DH_NAMES = {
+    "modp2048": "MODP_2048", "ecp256": "ECP_256", "ecp384": "ECP_384",
+    "curve25519": "CURVE_25519", "x25519": "CURVE_25519", "curve448": "CURVE_448",
+    "x448": "CURVE_448",
+}  # fmt: skip
+IKE_ENCR_NAMES = {
+    "aes128gcm16": "AES_GCM_16", "aes256gcm16": "AES_GCM_16",
+    "chacha20poly1305": "CHACHA20_POLY1305", "aes256": "AES_CBC",
+}  # fmt: skip
+#: ESP keyword -> charon's (encr-alg, encr-keysize, integ-alg) in list-sas
+ESP_NAMES = {
+    "aes128gcm16": ("AES_GCM_16", "128", None),
+    "aes256gcm16": ("AES_GCM_16", "256", None),
+    "chacha20poly1305": ("CHACHA20_POLY1305", "256", None),
+    "aes128-sha256": ("AES_CBC", "128", "HMAC_SHA2_256_128"),
+    "aes256-sha512": ("AES_CBC", "256", "HMAC_SHA2_512_256"),
+}
+
+
+@pytest.fixture(scope="module")
+def topo():
+    with Topology(tag="i") as t:
+        yield t
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def charon_conn(
+    *,
+    ike: str = "aes128gcm16-prfsha256-x25519",
+    esp: str = "aes128gcm16",
+    local_ts: str = f"{A}/32",
+    remote_ts: str = f"{B}/32",
+    child_kw: dict | None = None,
+    **kw,
+) -> Connection:
+    child = Child("t-c", [local_ts], [remote_ts], esp_proposals=[esp], **(child_kw or {}))
+    kw.setdefault("local_id", CHARON_ID)
+    kw.setdefault("remote_id", PY_ID)
+    return Connection(
+        "t", [A], [B], children=[child], ike_proposals=[ike], encap=True, **kw
+    )  # fmt: skip
+
+
+def py_peer(
+    *,
+    ike: str = "aes128gcm16-prfsha256-x25519",
+    esp: str = "aes128gcm16",
+    local_ts: str = f"{B}/32",
+    remote_ts: str = f"{A}/32",
+    child_kw: dict | None = None,
+    **kw,
+) -> PeerConfig:
+    child = ChildConfig(
+        "t-c", local_ts=(local_ts,), remote_ts=(remote_ts,), mode="tunnel",
+        esp_proposals=(esp,), **(child_kw or {}),
+    )  # fmt: skip
+    kw.setdefault("local_id", PY_ID)
+    kw.setdefault("remote_id", CHARON_ID)
+    kw.setdefault("retransmit_timeout", 1.0)
+    kw.setdefault("retransmit_tries", 3)
+    return PeerConfig(
+        "t", remote_addrs=(A,), local_addr=B, ike_proposals=(ike,), children=(child,), **kw
+    )
+
+
+def psk_pair(secret: bytes | None = None) -> tuple[AuthConfig, list[Psk]]:
+    secret = secret or os.urandom(32)
+    return AuthConfig(psk=secret), [Psk(ids=(CHARON_ID, PY_ID), secret=secret)]
+
+
+def start(
+    interop, topo, conn: Connection, psks: list[Psk], peer: PeerConfig, **charon_kw
+) -> tuple[Charon, IkeDriver]:
+    charon = interop.charon(Charon(topo.a.ns, [conn], psks, **charon_kw))
+    charon.start()
+    drv = interop.driver(IkeDriver(topo.b.ns, B, EndpointConfig(peers=(peer,), local_addr=B)))
+    drv.start()
+    return charon, drv
+
+
+def establish(side: str, charon: Charon, drv: IkeDriver, peer: PeerConfig):
+    """Bring the IKE SA and Child SA t-c up, initiated by ``side``; return
+    (IkeSaUp, ChildSaInstalled, charon's IKE SA dict, charon's Child SA dict)."""
+    if side == "pyipsec":
+        drv.call(lambda ep, now: ep.initiate(peer, peer.children[0], now))
+    else:
+        charon.initiate("t-c")
+    up = drv.wait_event(IkeSaUp)
+    inst = drv.wait_event(ChildSaInstalled)
+    child = charon.wait_established("t-c")
+    (ike,) = charon.list_sas().values()
+    return up, inst, ike, child
+
+
+def check_agreement(side: str, up, inst, ike: dict, child: dict, esp: str) -> None:
+    """Both sides hold the same SAs: SPIs, roles, identities and algorithms."""
+    assert up.initiator == (side == "pyipsec")
+    assert ike["state"] == "ESTABLISHED"
+    assert ike.get("initiator", "no") == ("yes" if side == "charon" else "no")
+    assert (ike["initiator-spi"], ike["responder-spi"]) == (up.spi_i, up.spi_r), (ike, up)
+    assert ike["remote-id"] == PY_ID and up.remote_id == CHARON_ID
+    assert int(child["spi-in"], 16) == inst.outbound_spi
+    assert int(child["spi-out"], 16) == inst.inbound_spi
+    assert child["mode"] == "TUNNEL" and inst.mode == "tunnel"
+    assert child["protocol"] == "ESP" and inst.protocol == "esp"
+    assert child["encap"] == "yes" and inst.encap_udp  # charon's encap = yes fakes a NAT
+    encr, bits, integ = ESP_NAMES[esp]
+    assert inst.algorithm == esp
+    assert child["encr-alg"] == encr
+    assert child.get("encr-keysize", "256") == bits
+    assert child.get("integ-alg") == integ
+
+
+def wait_until(cond, timeout: float = 15.0, what: str = "", log=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{log()[-3000:]}")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_psk(side: str, topo, interop) -> None:
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    check_agreement(side, up, inst, ike, child, "aes128gcm16")
+    assert up.proposal == "aes128gcm16-prfsha256-x25519"
+    assert ike["dh-group"] == "CURVE_25519" and ike["prf-alg"] == "PRF_HMAC_SHA2_256"
+    log = charon.log_text()
+    assert f"authentication of '{PY_ID}' with pre-shared key successful" in log
+
+
+# (IKE proposal, ESP proposal): together they cover the KE groups modp2048, ecp256, ecp384,
+# curve25519, curve448, the IKE ciphers aes128gcm16, aes256gcm16, chacha20poly1305,
+# aes256-sha256 and the ESP algorithms issue 6 names.
+PROPOSALS = [
+    ("aes128gcm16-prfsha256-curve25519", "aes128gcm16"),
+    ("aes256gcm16-prfsha384-ecp384", "aes256gcm16"),
+    ("chacha20poly1305-prfsha256-curve448", "chacha20poly1305"),
+    ("aes256-sha256-modp2048", "aes128-sha256"),
+    ("aes128gcm16-prfsha256-ecp256", "aes256-sha512"),
+]
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize(("ike_prop", "esp"), PROPOSALS)
+def test_proposals(ike_prop: str, esp: str, side: str, topo, interop) -> None:
+    auth, psks = psk_pair()
+    peer = py_peer(ike=ike_prop, esp=esp, local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(ike=ike_prop, esp=esp), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    check_agreement(side, up, inst, ike, child, esp)
+    group = ike_prop.rsplit("-", 1)[1]
+    assert ike["dh-group"] == DH_NAMES[group]
+    encr = ike_prop.split("-", 1)[0]
+    expected_encr = IKE_ENCR_NAMES[encr]
+    assert ike["encr-alg"] == expected_encr
+    if encr == "aes256":
+        assert ike["integ-alg"] == "HMAC_SHA2_256_128" and ike["encr-keysize"] == "256"
+    # our description of the chosen proposal names the same group
+    assert DH_NAMES[up.proposal.rsplit("-", 1)[1]] == DH_NAMES[group], up.proposal
+
+
+# --------------------------------------------------------------------------- certificates
+
+CHARON_FQDN, PY_FQDN = "charon.pyi.test", "py.pyi.test"
+
+
+def cert_setup(interop, topo, kind: str, *, intermediate: bool = False, **conn_kw):
+    """Certificates of ``kind`` for both sides from a root CA the test makes (with
+    ``intermediate``: each side's own sub-CA, which it sends along, so the peer must
+    build the chain from what it received)."""
+    pki = Pki("rsa2048" if kind.startswith("rsa") else "p256")
+    root = pki.root
+    ids = {"charon": CHARON_FQDN, "py": PY_FQDN}
+    ees, chains = {}, {}
+    for side, name in ids.items():
+        issuer = make_ca(f"pyi sub CA {side}", kind, issuer=root) if intermediate else None
+        ees[side] = make_ee(issuer or root, kind, cn=name, dns=[name])
+        chains[side] = [issuer.cert] if issuer else []
+    conn = charon_conn(
+        local_id=CHARON_FQDN, remote_id=PY_FQDN, auth="pubkey", local_cert="charon.pem",
+        send_cert="always", **conn_kw,
+    )  # fmt: skip
+    charon = interop.charon(Charon(topo.a.ns, [conn]))
+    charon.add_cert("root.pem", root.cert.public_bytes(Encoding.PEM), ca=True)
+    charon.add_identity("charon.pem", ees["charon"].cert, ees["charon"].key, chains["charon"])
+    local = AuthConfig(
+        method="pubkey", private_key=ees["py"].key, cert_chain=(ees["py"].cert, *chains["py"])
+    )
+    remote = AuthConfig(method="pubkey", trusted_cas=(root.cert,))
+    peer = py_peer(local_id=PY_FQDN, remote_id=CHARON_FQDN, local_auth=local, remote_auth=remote)
+    charon.start()
+    drv = interop.driver(IkeDriver(topo.b.ns, B, EndpointConfig(peers=(peer,), local_addr=B)))
+    drv.start()
+    return charon, drv, peer
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("kind", ["rsa2048", "p256", "ed25519"])
+def test_certificates(kind: str, side: str, topo, interop) -> None:
+    charon, drv, peer = cert_setup(interop, topo, kind)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert (ike["initiator-spi"], ike["responder-spi"]) == (up.spi_i, up.spi_r)
+    assert ike["remote-id"] == PY_FQDN and up.remote_id == CHARON_FQDN
+    assert int(child["spi-in"], 16) == inst.outbound_spi
+    log = charon.log_text()
+    lines = [ln for ln in log.splitlines() if f"authentication of '{PY_FQDN}' with" in ln]
+    assert lines and "successful" in lines[0], log[-3000:]
+    method = {"rsa2048": "RSA", "p256": "ECDSA", "ed25519": "ED25519"}[kind]
+    assert method in lines[0].upper(), lines[0]
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_fragmentation(side: str, topo, interop) -> None:
+    """RSA certificates plus a per-side RSA sub-CA in IKE_AUTH: too big for one 1280-byte
+    datagram, so both sides fragment (RFC 7383) and reassemble the other's fragments."""
+    charon, drv, peer = cert_setup(interop, topo, "rsa2048", intermediate=True,
+                                   fragmentation="yes")  # fmt: skip
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert (ike["initiator-spi"], ike["responder-spi"]) == (up.spi_i, up.spi_r)
+    log = charon.log_text()
+    assert "splitting IKE message" in log, log[-3000:]  # charon sent fragments
+    assert "reassembled fragmented IKE message" in log, log[-3000:]  # and got ours
+    assert 'received issuer cert "O=pyipsec test, CN=pyi sub CA py"' in log
+    assert drv.endpoint.statistics().counter("fragmented_messages") >= 1
+
+
+# --------------------------------------------------------------------------- rekeying
+
+
+def vici_rekey(charon: Charon, **what: str) -> None:
+    """Ask charon to rekey (vici "rekey": returns once the rekeying is queued)."""
+    client = ViciClient(charon.vici_path)
+    try:
+        reply = client.request("rekey", what)
+    finally:
+        client.close()
+    assert reply.get("success") == "yes", reply
+
+
+def installed(charon: Charon) -> list[dict]:
+    return [sa for sa in charon.child_sas("t-c") if sa["state"] == "INSTALLED"]
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("by", ["pyipsec", "charon"])
+@pytest.mark.parametrize("what", ["child", "ike"])
+def test_rekey(what: str, by: str, side: str, topo, interop) -> None:
+    """A short lifetime on the ``by`` side makes it rekey the Child SA / IKE SA."""
+    auth, psks = psk_pair()
+    conn_kw: dict = {}
+    child_kw: dict = {}
+    peer_kw: dict = {}
+    py_child_kw: dict = {}
+    if by == "charon":
+        if what == "child":
+            child_kw = {"rekey_time": "3s", "life_time": "60s", "rand_time": "0s"}
+        else:
+            conn_kw = {"rekey_time": "3s", "over_time": "60s", "rand_time": "0s"}
+    elif what == "child":
+        py_child_kw = {"rekey_time": 3.0, "life_time": 60.0}
+    else:
+        peer_kw = {"rekey_time": 3.0, "over_time": 60.0}
+    peer = py_peer(local_auth=auth, remote_auth=auth, child_kw=py_child_kw, **peer_kw)
+    conn = charon_conn(child_kw=child_kw, **conn_kw)
+    charon, drv = start(interop, topo, conn, psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    if what == "child":
+        ev = drv.wait_event(ChildSaRekeyed, timeout=15)
+        assert (ev.old_inbound_spi, ev.old_outbound_spi) == (inst.inbound_spi, inst.outbound_spi)
+        wait_until(
+            lambda: [int(sa["spi-in"], 16) for sa in installed(charon)] == [ev.new_outbound_spi],
+            what="charon to hold only the new Child SA", log=charon.log_text,
+        )  # fmt: skip
+        (now_child,) = installed(charon)
+        assert int(now_child["spi-out"], 16) == ev.new_inbound_spi
+        drv.wait_event(ChildSaDeleted, lambda e: e.inbound_spi == inst.inbound_spi)
+        assert "rekeyed" in charon.log_text().lower() or "rekeying" in charon.log_text()
+    else:
+        ev = drv.wait_event(IkeSaRekeyed, timeout=15)
+        assert (ev.old_spi_i, ev.old_spi_r) == (up.spi_i, up.spi_r)
+        wait_until(
+            lambda: [(s["initiator-spi"], s["responder-spi"]) for s in charon.list_sas().values()]
+            == [(ev.new_spi_i, ev.new_spi_r)],
+            what="charon to hold only the new IKE SA", log=charon.log_text,
+        )  # fmt: skip
+        (now_child,) = installed(charon)  # the Child SA moved over unchanged
+        assert int(now_child["spi-in"], 16) == inst.outbound_spi
+        assert drv.endpoint.statistics().counter("ike_rekeys") >= 1
+    assert not drv.events_of(IkeSaDown)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_simultaneous_child_rekey(side: str, topo, interop) -> None:
+    """Both sides start rekeying the Child SA before seeing the other's request (RFC 7296
+    2.8.1): pyipsec's loop is held while charon's CREATE_CHILD_SA arrives, then it sends
+    its own. Exactly one new Child SA survives, the same on both sides."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+
+    def held_rekey(ep, now):  # runs on pyipsec's loop thread: nothing is received meanwhile
+        time.sleep(1.0)
+        ep.rekey_child(up.ike_sa, "t-c", time.time())
+
+    hold = threading.Thread(target=drv.call, args=(held_rekey,))
+    hold.start()
+    time.sleep(0.2)  # the loop is now asleep
+    vici_rekey(charon, child="t-c")  # its CREATE_CHILD_SA waits in pyipsec's socket
+    hold.join()
+    ev = drv.wait_event(ChildSaRekeyed, timeout=15)
+    wait_until(
+        lambda: [int(sa["spi-in"], 16) for sa in installed(charon)] == [ev.new_outbound_spi],
+        what="one surviving Child SA on charon", log=charon.log_text,
+    )  # fmt: skip
+    (survivor,) = installed(charon)
+    assert int(survivor["spi-out"], 16) == ev.new_inbound_spi
+    log = charon.log_text()
+    assert "collision" in log.lower(), log[-3000:]
+    assert drv.endpoint.statistics().counter("rekey_collisions") >= 1
+    time.sleep(1.0)  # no late surprises: still exactly one Child SA each
+    assert len(installed(charon)) == 1
+    live = drv.call(lambda ep, now: ep.child_sas(up.ike_sa))
+    assert [(c.inbound_spi, c.outbound_spi) for c in live if c.state == "installed"] == [
+        (ev.new_inbound_spi, ev.new_outbound_spi)
+    ], live
