@@ -71,7 +71,8 @@ class IkePeer:
         self.socks: dict[int, socket.socket] = {}
         with in_netns(ns):
             for port in (500, 4500):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
                 sock.bind((addr, port))
                 self.socks[port] = sock
 
@@ -111,7 +112,7 @@ class IkePeer:
         for sock in readable:
             data, addr = sock.recvfrom(65535)
             local = (self.addr, sock.getsockname()[1])
-            self.endpoint.receive_datagram(data, addr, time.time(), local)
+            self.endpoint.receive_datagram(data, addr[:2], time.time(), local)
         timer = self.endpoint.get_timer()
         if timer is not None and timer <= time.time():
             self.endpoint.handle_timer(time.time())

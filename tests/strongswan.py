@@ -167,7 +167,7 @@ class NetnsPair:
     ``inner_a``/``inner_b`` (e.g. "10.96.1.1") are put on the loopback interface of each
     side (the kernel here has no dummy module) and routed to the other side through the
     veth, so a tunnel between them has something to carry; without one they talk in
-    plaintext.
+    plaintext. ``addr6_*``/``inner6_*`` add IPv6 the same way (/64 on the veth, ``nodad``).
     """
 
     def __init__(
@@ -182,6 +182,10 @@ class NetnsPair:
         prefix: int = 24,
         inner_a: str | None = None,
         inner_b: str | None = None,
+        addr6_a: str | None = None,
+        addr6_b: str | None = None,
+        inner6_a: str | None = None,
+        inner6_b: str | None = None,
     ) -> None:
         for name in (ns_a, ns_b, veth_a, veth_b):
             if not name.startswith("pyi-"):
@@ -190,6 +194,8 @@ class NetnsPair:
         self.veth_a, self.veth_b = veth_a, veth_b
         self.addr_a, self.addr_b, self.prefix = addr_a, addr_b, prefix
         self.inner_a, self.inner_b = inner_a, inner_b
+        self.addr6_a, self.addr6_b = addr6_a, addr6_b
+        self.inner6_a, self.inner6_b = inner6_a, inner6_b
         self._up = False
 
     def __enter__(self) -> NetnsPair:
@@ -212,13 +218,22 @@ class NetnsPair:
             run(["ip", "link", "set", "lo", "up"], ns=ns)
             run(["ip", "addr", "add", f"{addr}/{self.prefix}", "dev", dev], ns=ns)
             run(["ip", "link", "set", dev, "up"], ns=ns)
-        if self.inner_a and self.inner_b:
+        if self.addr6_a and self.addr6_b:  # nodad: usable at once
+            for ns, dev, addr in ((self.ns_a, self.veth_a, self.addr6_a),
+                                  (self.ns_b, self.veth_b, self.addr6_b)):  # fmt: skip
+                run(["ip", "-6", "addr", "add", f"{addr}/64", "dev", dev, "nodad"], ns=ns)
+        for inner_a, inner_b, gw_a, gw_b, plen in (
+            (self.inner_a, self.inner_b, self.addr_b, self.addr_a, 32),
+            (self.inner6_a, self.inner6_b, self.addr6_b, self.addr6_a, 128),
+        ):
+            if not (inner_a and inner_b and gw_a and gw_b):
+                continue
             for ns, inner, peer_inner, gw in (
-                (self.ns_a, self.inner_a, self.inner_b, self.addr_b),
-                (self.ns_b, self.inner_b, self.inner_a, self.addr_a),
+                (self.ns_a, inner_a, inner_b, gw_a),
+                (self.ns_b, inner_b, inner_a, gw_b),
             ):
-                run(["ip", "addr", "add", f"{inner}/32", "dev", "lo"], ns=ns)
-                run(["ip", "route", "add", f"{peer_inner}/32", "via", gw], ns=ns)
+                run(["ip", "addr", "add", f"{inner}/{plen}", "dev", "lo"], ns=ns)
+                run(["ip", "route", "add", f"{peer_inner}/{plen}", "via", gw], ns=ns)
 
     def close(self) -> None:
         for ns in (self.ns_a, self.ns_b):

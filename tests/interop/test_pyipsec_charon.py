@@ -39,8 +39,11 @@ from strongswan import (  # noqa: E402
 )
 
 NS_A, NS_B = "pyi-s1", "pyi-s2"  # A: pyipsec, B: charon
-OUTER_A, OUTER_B = "10.96.0.1", "10.96.0.2"
-INNER_A, INNER_B = "10.96.1.1", "10.96.2.1"
+# (outer A, outer B, inner A, inner B, host prefix length) per IP version
+ADDRS = {
+    4: ("10.96.0.1", "10.96.0.2", "10.96.1.1", "10.96.2.1", 32),
+    6: ("fd96::1", "fd96::2", "fd96:1::1", "fd96:2::1", 128),
+}
 MARKER = b"PYI-INTEROP-MARK"
 SIZE = 4 * 1024 * 1024
 PYIPSEC = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pyipsec")
@@ -52,27 +55,28 @@ pytestmark = [
 ]
 
 
-def _pyipsec_config(psk: bytes, esp: str):
+def _pyipsec_config(psk: bytes, esp: str, family: int):
     from pyipsec.ike.config import AuthConfig, ChildConfig, EndpointConfig, PeerConfig
 
+    outer_a, outer_b, inner_a, inner_b, plen = ADDRS[family]
     child = ChildConfig(
         "t-c",
-        local_ts=(f"{INNER_A}/32",),
-        remote_ts=(f"{INNER_B}/32",),
+        local_ts=(f"{inner_a}/{plen}",),
+        remote_ts=(f"{inner_b}/{plen}",),
         mode="tunnel",
         esp_proposals=(esp,),
     )
     peer = PeerConfig(
         "charon",
-        remote_addrs=(OUTER_B,),
-        local_addr=OUTER_A,
+        remote_addrs=(outer_b,),
+        local_addr=outer_a,
         local_auth=AuthConfig(psk=psk),
         remote_auth=AuthConfig(psk=psk),
         local_id="a@pyi",
         remote_id="b@pyi",
         children=(child,),
     )
-    return EndpointConfig(peers=(peer,), local_addr=OUTER_A), peer, child
+    return EndpointConfig(peers=(peer,), local_addr=outer_a), peer, child
 
 
 def _wait_for_tun(ns: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -85,25 +89,30 @@ def _wait_for_tun(ns: str, proc: subprocess.Popen, timeout: float = 20.0) -> Non
 
 
 @pytest.mark.parametrize("side", ["pyipsec", "charon"])
-@pytest.mark.parametrize("esp", ["aes128gcm16", "chacha20poly1305"])
-def test_pyipsec_and_charon_tunnel(side: str, esp: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("esp", "family"), [("aes128gcm16", 4), ("chacha20poly1305", 4), ("aes128gcm16", 6)]
+)
+def test_pyipsec_and_charon_tunnel(side: str, esp: str, family: int, tmp_path: Path) -> None:
     from pyipsec.ike.events import ChildSaInstalled, IkeSaUp
     from pyipsec_peer import IkePeer, static_sa_yaml, write_secret_file
 
+    outer_a, outer_b, inner_a, inner_b, plen = ADDRS[family]
     psk = os.urandom(32)
-    endpoint_config, peer, child = _pyipsec_config(psk, esp)
+    endpoint_config, peer, child = _pyipsec_config(psk, esp, family)
     conn_b = Connection(
-        "t", [OUTER_B], [OUTER_A], "b@pyi", "a@pyi",
-        [Child("t-c", [f"{INNER_B}/32"], [f"{INNER_A}/32"], esp_proposals=[esp])],
+        "t", [outer_b], [outer_a], "b@pyi", "a@pyi",
+        [Child("t-c", [f"{inner_b}/{plen}"], [f"{inner_a}/{plen}"], esp_proposals=[esp])],
         encap=True,
     )  # fmt: skip
+    v4, v6 = ADDRS[4], ADDRS[6]
     pair = NetnsPair(
-        NS_A, NS_B, veth_a="pyi-sv0", veth_b="pyi-sv1", addr_a=OUTER_A, addr_b=OUTER_B,
-        inner_a=INNER_A, inner_b=INNER_B,
+        NS_A, NS_B, veth_a="pyi-sv0", veth_b="pyi-sv1", addr_a=v4[0], addr_b=v4[1],
+        inner_a=v4[2], inner_b=v4[3], addr6_a=v6[0], addr6_b=v6[1], inner6_a=v6[2],
+        inner6_b=v6[3],
     )  # fmt: skip
     charon = Charon(NS_B, [conn_b], [Psk(ids=("a@pyi", "b@pyi"), secret=psk)])
     dataplane = None
-    with pair, charon, IkePeer(NS_A, OUTER_A, endpoint_config) as ike:
+    with pair, charon, IkePeer(NS_A, outer_a, endpoint_config) as ike:
         # IKE: pyipsec <-> charon
         if side == "pyipsec":
             ike.endpoint.initiate(peer, child, time.time())
@@ -121,7 +130,7 @@ def test_pyipsec_and_charon_tunnel(side: str, esp: str, tmp_path: Path) -> None:
 
         # data plane: pyipsec's, keyed by what IKE negotiated
         static = tmp_path / "static.yaml"
-        write_secret_file(static, static_sa_yaml(installed, local_ts=INNER_A, remote_ts=INNER_B))
+        write_secret_file(static, static_sa_yaml(installed, local_ts=inner_a, remote_ts=inner_b))
         dataplane = subprocess.Popen(
             ["ip", "netns", "exec", NS_A, PYIPSEC, "dataplane", "--static", str(static)],
             stdout=subprocess.DEVNULL,
@@ -133,13 +142,13 @@ def test_pyipsec_and_charon_tunnel(side: str, esp: str, tmp_path: Path) -> None:
             capture = start_capture(NS_A, "pyi-sv0", pcap)
             try:
                 ping = run(
-                    ["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", INNER_A,
-                     "-p", MARKER.hex(), INNER_B],
+                    ["ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", inner_a,
+                     "-p", MARKER.hex(), inner_b],
                     ns=NS_A, check=False,
                 )  # fmt: skip
                 transfer = start_transfer(
-                    Host(NS_B, INNER_B, ""), Host(NS_A, INNER_A, ""), INNER_B, SIZE,
-                    marker=MARKER.decode(), source=INNER_A,
+                    Host(NS_B, inner_b, ""), Host(NS_A, inner_a, ""), inner_b, SIZE,
+                    marker=MARKER.decode(), source=inner_a,
                 )  # fmt: skip
                 sent, received = transfer.wait(timeout=120)
                 time.sleep(0.3)
@@ -156,11 +165,14 @@ def test_pyipsec_and_charon_tunnel(side: str, esp: str, tmp_path: Path) -> None:
         assert int(after["packets-in"]) >= 3 and int(after["packets-out"]) >= 3
         assert int(after["bytes-in"]) >= SIZE  # charon decrypted all of it
 
-    from scapy.all import IP, UDP, rdpcap
+    from scapy.all import IP, UDP, IPv6, rdpcap
 
     assert MARKER not in pcap.read_bytes()
+    layer = IP if family == 4 else IPv6
     between = [
-        p for p in rdpcap(str(pcap)) if IP in p and {p[IP].src, p[IP].dst} == {OUTER_A, OUTER_B}
+        p
+        for p in rdpcap(str(pcap))
+        if layer in p and {p[layer].src, p[layer].dst} == {outer_a, outer_b}
     ]
     assert len(between) >= 6
     for p in between:
