@@ -13,6 +13,7 @@ and IKE SA rekeying (1.3.2, 2.18).
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,12 @@ NONCE_SIZE = 32
 
 
 def ts_payload(ranges: list[TsRange] | tuple[TsRange, ...], initiator: bool) -> TsPayload:
+    """TSi/TSr payload for our selectors (cached: the same selectors recur)."""
+    return _ts_payload(tuple(ranges), initiator)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ts_payload(ranges: tuple[TsRange, ...], initiator: bool) -> TsPayload:
     sel = [
         TrafficSelector.from_range(
             t.start_addr, t.end_addr, t.ip_protocol, t.start_port, t.end_port
