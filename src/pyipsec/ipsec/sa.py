@@ -49,6 +49,10 @@ _II = struct.Struct("!II")
 _H = struct.Struct("!H")
 _PADDING = bytes(range(1, 256))
 _INF = float("inf")
+# IPv4 header (no options) + ESP header: total length, flags/fragment, protocol, SPI, seq
+_FAST4 = struct.Struct("!2xH2xH1xB10xII")
+_HEAD4 = struct.Struct("!BBHHHBBH4s4sIIQ")  # outer IPv4, ESP header, 8-byte counter IV
+_NONCE = struct.Struct("!4sQ")  # RFC 4106 section 4: salt || IV
 
 
 class FlowSelector(Protocol):
@@ -178,6 +182,15 @@ class SecurityAssociation:
         if self._fast_in:
             self._adec = proc.aead_decrypt
             self._salt = proc.salt
+        # outbound hot path: AEAD tunnel over IPv4 without NAT-T or TFC, IPv4 inner packets
+        self._fast_out = (
+            self._fast_in and not proc.encap and not proc.tfc and src is not None and len(src) == 4
+        )
+        if self._fast_out:
+            self._aenc = proc.aead_encrypt
+            self._csum_base = proc._csum_base
+            self._src4, self._dst4 = src, dst
+            self._tr4 = proc._tr4
 
     def __repr__(self) -> str:
         return (
@@ -257,6 +270,38 @@ class SecurityAssociation:
         seq = self._seq + 1
         if self._dead or seq >= self._seq_max or (now is not None and now >= self._deadline):
             return self._encapsulate_checked(ip_packet, now)
+        p = ip_packet
+        n = len(p)
+        if self._fast_out and n >= 20 and p[0] == 0x45 and _H.unpack_from(p, 2)[0] == n:
+            # inline EspProcessor._encapsulate_fast4 for an IPv4 inner packet
+            tos = p[1]
+            pad = -(n + 2) & 3
+            total = n + pad + 54
+            ident = seq & 0xFFFF
+            c = (self._csum_base + tos + total + ident) % 0xFFFF
+            head = _HEAD4.pack(
+                0x45,
+                tos,
+                total,
+                ident,
+                0,
+                64,
+                50,
+                (~c & 0xFFFF) if c else 0,
+                self._src4,
+                self._dst4,
+                self.spi,
+                seq,
+                seq,
+            )
+            out = head + self._aenc(_NONCE.pack(self._salt, seq), p + self._tr4[pad], head[20:28])
+            self._seq = seq
+            self.packets_out = po = self.packets_out + 1
+            self.bytes_out = bo = self.bytes_out + n
+            life = self._life
+            if po >= life.next_packets or bo >= life.next_bytes:
+                self._limits(life.over(po, bo), self._now if now is None else now)
+            return out
         try:
             out = self._encap(ip_packet, seq)
         except PacketError as e:
@@ -326,57 +371,59 @@ class SecurityAssociation:
         p = ip_packet
         if self._fast_in and not self._dead and (now is None or now < self._deadline):
             n = len(p)
-            b0 = p[0] if n >= 56 else 0  # shorter than any valid IPv4 ESP tunnel packet
-            off = 20 if b0 == 0x45 and p[9] == 50 else 40 if b0 >> 4 == 6 and p[6] == 50 else 0
-            if (
-                off
-                and n >= off + 36
-                and (
-                    _H.unpack_from(p, 2)[0] == n and not _H.unpack_from(p, 6)[0] & 0x3FFF
-                    if off == 20
-                    else _H.unpack_from(p, 4)[0] + 40 == n
-                )
-            ):
-                spi, seq = _II.unpack_from(p, off)
-                replay = self._replay
-                if spi == self.spi and seq > replay.top:
-                    try:
-                        pt = self._adec(
-                            self._salt + p[off + 8 : off + 16], p[off + 16 :], p[off : off + 8]
-                        )
-                    except InvalidTag:
-                        e = IntegrityError("ESP ICV verification failed")
-                        self._fail(e)
-                        raise e from None
-                    ln = len(pt)
-                    pad = pt[ln - 2]
-                    end = ln - 2 - pad
-                    nh = pt[ln - 1]
-                    if end >= 20 and (not pad or pt[end : ln - 2] == _PADDING[:pad]):
-                        v = pt[0] >> 4
-                        if nh == 4 and v == 4:
-                            il = _H.unpack_from(pt, 2)[0]
-                        elif nh == 41 and v == 6 and end >= 40:
-                            il = _H.unpack_from(pt, 4)[0] + 40
-                        else:
-                            il = 0
-                        if 20 <= il <= end:
-                            inner = pt[:il]
-                            if self.selectors is None:
+            if n >= 56 and p[0] == 0x45:  # IPv4 without options
+                total, frag, proto, spi, seq = _FAST4.unpack_from(p)
+                ok = total == n and not frag & 0x3FFF and proto == 50
+                off = 20
+            elif n >= 76 and p[0] >> 4 == 6 and p[6] == 50:
+                spi, seq = _II.unpack_from(p, 40)
+                ok = _H.unpack_from(p, 4)[0] + 40 == n
+                off = 40
+            else:
+                ok = False
+            replay = self._replay
+            if ok and spi == self.spi and seq > replay.top:
+                try:
+                    pt = self._adec(
+                        self._salt + p[off + 8 : off + 16], p[off + 16 :], p[off : off + 8]
+                    )
+                except InvalidTag:
+                    e = IntegrityError("ESP ICV verification failed")
+                    self._fail(e)
+                    raise e from None
+                ln = len(pt)
+                pad = pt[ln - 2]
+                end = ln - 2 - pad
+                nh = pt[ln - 1]
+                if end >= 20 and (not pad or pt[end : ln - 2] == _PADDING[:pad]):
+                    v = pt[0] >> 4
+                    if nh == 4 and v == 4:
+                        il = _H.unpack_from(pt, 2)[0]
+                    elif nh == 41 and v == 6 and end >= 40:
+                        il = _H.unpack_from(pt, 4)[0] + 40
+                    else:
+                        il = 0
+                    if 20 <= il <= end:
+                        inner = pt[:il]
+                        if self.selectors is None:
+                            top = replay.top
+                            if seq >> 6 == top >> 6:  # same bitmap block: set one bit
+                                replay.top = seq
+                                bit = seq % replay._bits
+                                replay._blocks[bit >> 6] |= 1 << (bit & 63)
+                            else:
                                 replay.update(seq)
-                                self.packets_in = pi = self.packets_in + 1
-                                self.bytes_in = bi = self.bytes_in + il
-                                life = self._life
-                                if pi >= life.next_packets or bi >= life.next_bytes:
-                                    self._limits(
-                                        life.over(pi, bi), self._now if now is None else now
-                                    )
-                                return inner
-                            try:
-                                return self._accept(seq, inner, now)
-                            except PacketError as e:
-                                self._fail(e)
-                                raise
+                            self.packets_in = pi = self.packets_in + 1
+                            self.bytes_in = bi = self.bytes_in + il
+                            life = self._life
+                            if pi >= life.next_packets or bi >= life.next_bytes:
+                                self._limits(life.over(pi, bi), self._now if now is None else now)
+                            return inner
+                        try:
+                            return self._accept(seq, inner, now)
+                        except PacketError as e:
+                            self._fail(e)
+                            raise
         return self._decapsulate_slow(p, now)
 
     def _decapsulate_slow(self, ip_packet: bytes, now: float | None) -> bytes:
