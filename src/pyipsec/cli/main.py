@@ -19,6 +19,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("pyipsec.cli.dataplane", "commands"),
     ("pyipsec.cli.monitor", "commands"),
     ("pyipsec.cli.daemon", "commands"),
+    ("pyipsec.cli.policy", "commands"),
     ("pyipsec.cli.central", "commands"),
 ]
 
