@@ -123,8 +123,15 @@ class Service:
         cfg: routing.RoutingConfig | None = None,
         gso: bool = True,
         offload: bool = True,
+        events: bool = False,
     ) -> None:
+        """``events``: give each worker a one-way pipe for acquires, lifetime events and
+        IKE messages from UDP 4500 (``event_conns``), and keep the UDP 4500 sockets open
+        here so the daemon sends IKE through them (:meth:`send_udp`)."""
         self.cfg = cfg or routing.RoutingConfig()
+        self.events = events
+        self.event_conns: list[Any] = []
+        self._udp: dict[int, socket.socket] = {}
         self.offload = offload
         self.control_path = control_path or default_control_path()
         self.state = DataplaneState()
@@ -183,13 +190,24 @@ class Service:
             ("inbound", inbound_main, (tun, receivers, policies)),
         ):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=target, args=(child, *args), name=f"pyipsec-{name}")
+            ev_recv = ev_send = None
+            if self.events:
+                ev_recv, ev_send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=target, args=(child, *args, ev_send), name=f"pyipsec-{name}")
             proc.daemon = True
             proc.start()
             child.close()
+            if ev_send is not None:
+                ev_send.close()
+                self.event_conns.append(ev_recv)
             self.procs[name] = proc
             self.conns[name] = parent
-        sk.close_all([raw4, raw6, udp4, udp6] + [s for _, s in receivers])
+        keep = [udp4, udp6] if self.events else []
+        if self.events:
+            self._udp = {4: udp4, 6: udp6}
+        sk.close_all(
+            [s for s in [raw4, raw6, udp4, udp6] + [s for _, s in receivers] if s not in keep]
+        )
         tun.close()
         for sa in self.state.sas.values():
             self._worker_call("outbound" if sa.direction == "out" else "inbound", ("add_sa", sa))
@@ -225,6 +243,13 @@ class Service:
         if isinstance(reply, dict) and "error" in reply:
             raise PyipsecError(f"{name} worker: {reply['error']}")
         return reply
+
+    def send_udp(self, payload: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram from UDP port 4500 (IKE with its non-ESP marker)."""
+        sock = self._udp.get(6 if ":" in addr[0] else 4)
+        if sock is None:
+            raise OSError(101, "no UDP 4500 socket")
+        sock.sendto(payload, addr)
 
     def workers_alive(self) -> bool:
         return all(p.is_alive() for p in self.procs.values())
@@ -371,6 +396,12 @@ class Service:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(2)
+        for conn in self.event_conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+        self.event_conns.clear()
+        sk.close_all(list(self._udp.values()))
+        self._udp.clear()
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None

@@ -10,7 +10,12 @@ forks both workers; each keeps only the descriptors it uses:
 
 Each worker talks to the service over a ``multiprocessing`` pipe with small tuples:
 ``("add_sa", SaConfig)``, ``("del_sa", protocol, spi)``, ``("policies", [PolicyConfig])``,
-``("stats",)`` (answered with a dict), ``("stop",)``. Workers die with the service
+``("stats",)`` (answered with a dict), ``("stop",)``. When the daemon hosts the data plane,
+each worker also gets a one-way *events* pipe for what the daemon must act on:
+``("acquire", child, policy, src, dst)`` (first packet of a flow without an SA),
+``("sa_event", kind, direction, protocol, spi)`` (lifetimes) and, from the inbound worker,
+``("ike", data, (src, port), (dst, port))`` for IKE messages (non-ESP marker) that arrived
+on the UDP 4500 socket the data plane owns. Workers die with the service
 (PR_SET_PDEATHSIG), so a crash of the service never leaves a worker encrypting alone.
 This module is the I/O boundary: it reads the clock and passes ``now`` to the pipeline.
 """
@@ -18,6 +23,7 @@ This module is the I/O boundary: it reads the clock and passes ``now`` to the pi
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import select
 import signal
@@ -139,9 +145,28 @@ class _Worker:
         raise NotImplementedError
 
 
+def _send_event(events: Any, event: tuple[Any, ...]) -> None:
+    if events is None:
+        return
+    try:
+        events.send(event)
+    except (OSError, ValueError, BrokenPipeError):
+        pass  # the daemon is gone; the worker dies with it (PR_SET_PDEATHSIG)
+
+
+def _report_events(events: Any, reports: list[Any]) -> None:
+    for rep in reports:
+        log.warning("SA event %s", rep)
+        _send_event(events, ("sa_event", type(rep.event).__name__, rep.direction,
+                             rep.protocol, rep.spi))  # fmt: skip
+
+
 class OutboundWorker(_Worker):
-    def __init__(self, conn: Any, tun: Tun, sender: SocketSender, policies: list[Any]) -> None:
+    def __init__(
+        self, conn: Any, tun: Tun, sender: SocketSender, policies: list[Any], events: Any = None
+    ) -> None:
         super().__init__(conn)
+        self.events = events
         self.tun = tun
         self.spd = Spd()
         for p in policies:
@@ -151,6 +176,10 @@ class OutboundWorker(_Worker):
 
     def _acquire(self, acq: Any) -> None:
         log.info("acquire: child %s policy %s", acq.child, acq.policy)
+        flow = acq.flow
+        make = ipaddress.IPv6Address if flow.version == 6 else ipaddress.IPv4Address
+        src, dst = str(make(flow.src)), str(make(flow.dst))
+        _send_event(self.events, ("acquire", acq.child, acq.policy, src, dst))
 
     def command(self, msg: tuple) -> Any:
         op = msg[0]
@@ -195,13 +224,15 @@ class OutboundWorker(_Worker):
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0
-                for rep in self.pipe.tick(now):
-                    log.warning("SA event %s", rep)
+                _report_events(self.events, self.pipe.tick(now))
 
 
 class InboundWorker(_Worker):
-    def __init__(self, conn: Any, tun: Tun, receivers: list[tuple[str, Any]]) -> None:
+    def __init__(
+        self, conn: Any, tun: Tun, receivers: list[tuple[str, Any]], events: Any = None
+    ) -> None:
         super().__init__(conn)
+        self.events = events
         self.tun = tun
         self.receivers = receivers  # (kind, socket): kind raw4 | esp6 | ah6 | udp
         self.selectors: dict[str, list[Any]] = {}
@@ -243,8 +274,13 @@ class InboundWorker(_Worker):
         udp = kind == "udp"
         recv = sk.recv_with_addrs
 
+        events = self.events
+        forward_ike = udp and events is not None
+
         def drain() -> bool:
             items = recv(sock, BATCH)
+            if forward_ike and items:
+                items = _split_ike(items, events)
             if items:
                 pipe.process_payloads(items, proto, clock(), udp=udp)
             return bool(items)
@@ -272,26 +308,50 @@ class InboundWorker(_Worker):
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0
-                for rep in self.pipe.tick(now):
-                    log.warning("SA event %s", rep)
+                _report_events(self.events, self.pipe.tick(now))
 
 
-def outbound_main(conn: Any, tun: Tun, sender: SocketSender, policies: list[Any]) -> None:
+def _split_ike(items: list[tuple[bytes, bytes, bytes]], events: Any) -> list[Any]:
+    """Forward IKE messages (non-ESP marker, RFC 3948 2.2) to the daemon; keep the rest.
+
+    The remote port is taken as 4500 (the data plane's receive path does not keep UDP
+    ports; peers behind a NAT that maps port 4500 elsewhere are not supported yet).
+    """
+    rest = []
+    for item in items:
+        data = item[0]
+        if len(data) > 4 and data[:4] == b"\0\0\0\0":
+            family = socket.AF_INET6 if len(item[1]) == 16 else socket.AF_INET
+            src = socket.inet_ntop(family, item[1])
+            dst = socket.inet_ntop(family, item[2])
+            _send_event(events, ("ike", data, (src, 4500), (dst, 4500)))
+        else:
+            rest.append(item)
+    return rest
+
+
+def outbound_main(
+    conn: Any, tun: Tun, sender: SocketSender, policies: list[Any], events: Any = None
+) -> None:
     """Process entry point of the outbound worker."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: _exit())
-    OutboundWorker(conn, tun, sender, policies).run()
+    OutboundWorker(conn, tun, sender, policies, events).run()
 
 
 def inbound_main(
-    conn: Any, tun: Tun, receivers: list[tuple[str, socket.socket]], policies: list[Any]
+    conn: Any,
+    tun: Tun,
+    receivers: list[tuple[str, socket.socket]],
+    policies: list[Any],
+    events: Any = None,
 ) -> None:
     """Process entry point of the inbound worker."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: _exit())
-    w = InboundWorker(conn, tun, receivers)
+    w = InboundWorker(conn, tun, receivers, events)
     w.selectors.update(_selector_table(policies))
     w.run()
 

@@ -1,0 +1,286 @@
+"""The daemon's data plane: the Linux user-space data plane, driven by IKE events.
+
+The daemon runs the data plane service of :mod:`pyipsec.dataplane.service` in its own
+process tree (the two per-direction workers are forked from the daemon) and translates:
+
+* the configuration's children into SPD entries (``set_policies``): one PROTECT entry per
+  pair of local/remote traffic selectors, ``dynamic`` meaning the IKE addresses;
+* ``ChildSaInstalled`` into an inbound SA (installed first) and an outbound SA (which
+  replaces the child's previous outbound SA atomically in the outbound worker: traffic
+  switches to the new SA when it is installed, the old inbound SA keeps accepting
+  in-flight packets until IKE deletes it);
+* worker events back into daemon calls: acquires (first packet of a trapped flow),
+  IKE datagrams that arrived on the data plane's UDP 4500 socket (non-ESP marker), and
+  soft lifetime expiry by volume (rekey now).
+
+Children are named ``<connection>/<child>`` in the data plane, so two connections may
+use the same child name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from typing import Any
+
+from pyipsec.daemon.config import DaemonConfig
+from pyipsec.dataplane.service import Service
+from pyipsec.dataplane.static import PolicyConfig, StaticConfig, parse_policy, parse_sa
+from pyipsec.ike.events import ChildSaDeleted, ChildSaInstalled
+from pyipsec.ike.ts import TsRange, parse_ts
+
+log = logging.getLogger("pyipsec.daemon.dataplane")
+
+
+def _range_text(ts: TsRange) -> str:
+    if ts.start_addr == ts.end_addr:
+        return str(ts.start_addr)
+    return f"{ts.start_addr}-{ts.end_addr}"
+
+
+def _ports(ts: TsRange) -> str:
+    if (ts.start_port, ts.end_port) == (0, 65535):
+        return "any"
+    if ts.start_port == ts.end_port:
+        return str(ts.start_port)
+    return f"{ts.start_port}-{ts.end_port}"
+
+
+def _resolve(text: str, own: str | None) -> TsRange | None:
+    ts = parse_ts(text)
+    if ts is not None:
+        return ts
+    if own is None or own == "%any":
+        return None
+    address = ipaddress.ip_address(own)
+    return TsRange(address, address)
+
+
+def compile_policies(config: DaemonConfig) -> list[PolicyConfig]:
+    """PROTECT entries for every child of every connection (trap policies).
+
+    Children whose selectors cannot be made concrete (``dynamic`` with no fixed address
+    on that side, e.g. a responder for ``%any``) get their entries when their SA is
+    installed, from the negotiated selectors.
+    """
+    policies: list[PolicyConfig] = []
+    for peer in config.endpoint.peers:
+        info = config.connections.get(peer.name)
+        local_addr = peer.local_addr
+        remote_addr = peer.remote_addrs[0] if peer.remote_addrs else None
+        for child in peer.children:
+            name = f"{peer.name}/{child.name}"
+            index = 0
+            for local_text in child.local_ts:
+                local = _resolve(local_text, local_addr)
+                for remote_text in child.remote_ts:
+                    remote = _resolve(remote_text, remote_addr)
+                    if local is None or remote is None:
+                        continue
+                    if local.start_addr.version != remote.start_addr.version:
+                        continue
+                    protocol = local.ip_protocol or remote.ip_protocol or None
+                    entry: dict[str, Any] = {
+                        "name": f"{name}#{index}",
+                        "local": _range_text(local),
+                        "remote": _range_text(remote),
+                        "action": "protect",
+                        "child": name,
+                        "priority": 100,
+                    }
+                    if protocol:
+                        entry["protocol"] = protocol
+                        entry["local_ports"] = _ports(local)
+                        entry["remote_ports"] = _ports(remote)
+                    policies.append(parse_policy(entry, path=f"connections.{name}"))
+                    index += 1
+        if info is None:
+            continue
+    return policies
+
+
+def _sa_dict(event: ChildSaInstalled, direction: str) -> dict[str, Any]:
+    inbound = direction == "in"
+    data: dict[str, Any] = {
+        "spi": event.inbound_spi if inbound else event.outbound_spi,
+        "src": event.remote_addr if inbound else event.local_addr,
+        "dst": event.local_addr if inbound else event.remote_addr,
+        "protocol": event.protocol,
+        "mode": event.mode,
+        "algorithm": event.algorithm,
+        "key": (event.inbound_key if inbound else event.outbound_key).hex(),
+        "child": "",
+        "direction": direction,
+        "esn": event.esn,
+        "replay_window": 128 if inbound else 0,
+    }
+    if event.encap_udp:
+        data["encap"] = "udp"
+    lifetime: dict[str, Any] = {"hard_seconds": event.life_time + 60}
+    if event.rekey_bytes:
+        lifetime["soft_bytes"] = event.rekey_bytes
+    if event.rekey_packets:
+        lifetime["soft_packets"] = event.rekey_packets
+    data["lifetime"] = lifetime
+    return data
+
+
+class LinuxDataplane:
+    """The :class:`pyipsec.daemon.core.Dataplane` of a real Linux host."""
+
+    def __init__(self, config: DaemonConfig, loop: asyncio.AbstractEventLoop, hooks: Any) -> None:
+        self.config = config
+        self.loop = loop
+        self.hooks = hooks
+        self.service = Service(StaticConfig(sas=(), policies=()), events=True)
+        self._children: dict[int, str] = {}  # inbound SPI -> data plane child name
+        self._failed: asyncio.Future[None] = loop.create_future()
+        self.events_seen = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.service.state.policies = compile_policies(self.config)
+        self.service.start()
+        for conn in self.service.event_conns:
+            self.loop.add_reader(conn.fileno(), self._on_event, conn)
+        self.hooks.send_4500(self.service.send_udp)
+
+    async def wait_failed(self) -> None:
+        """Completes when a worker dies (the daemon then stops, fail-closed)."""
+        while self.service.workers_alive():
+            await asyncio.sleep(0.5)
+
+    def close(self) -> None:
+        for conn in self.service.event_conns:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(conn.fileno())
+        self.service.shutdown()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, conn: Any) -> None:
+        try:
+            while conn.poll():
+                event = conn.recv()
+                self.events_seen += 1
+                self._dispatch(event)
+        except (EOFError, OSError):
+            self.loop.remove_reader(conn.fileno())
+
+    def _dispatch(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "acquire":
+            _, _child, _policy, src, dst = event
+            self.hooks.acquire(src, dst)
+        elif kind == "ike":
+            _, data, remote, local = event
+            self.hooks.ike_datagram(data, remote, local)
+        elif kind == "sa_event":
+            _, what, direction, _protocol, spi = event
+            if what in ("soft", "soft_lifetime", "SoftLifetimeExpired"):
+                self.hooks.rekey_child(spi)
+            else:
+                log.info("SA %08x (%s) event: %s", spi, direction, what)
+
+    # ------------------------------------------------------------------ Dataplane protocol
+
+    def set_policies(self, config: DaemonConfig) -> None:
+        self.config = config
+        policies = compile_policies(config)
+        if self.service.procs:
+            self.service._apply_policies(policies)
+        else:
+            self.service.state.policies = policies
+
+    def install(self, child: ChildSaInstalled) -> None:
+        peer_name = self._peer_of(child)
+        name = f"{peer_name}/{child.child}"
+        self._ensure_policies(child, name)
+        for direction in ("in", "out"):
+            data = _sa_dict(child, direction)
+            data["child"] = name
+            sa = parse_sa(data, path=f"child {name}")
+            self.service._worker_call(
+                "inbound" if direction == "in" else "outbound", ("add_sa", sa)
+            )
+            self.service.state.sas[sa.ident] = sa
+        self._children[child.inbound_spi] = name
+
+    def remove(self, child: ChildSaDeleted) -> None:
+        for direction, spi in (("out", child.outbound_spi), ("in", child.inbound_spi)):
+            worker = "inbound" if direction == "in" else "outbound"
+            with contextlib.suppress(Exception):
+                self.service._worker_call(worker, ("del_sa", child.protocol, spi))
+            self.service.state.sas.pop((direction, child.protocol, spi), None)
+        self._children.pop(child.inbound_spi, None)
+
+    def _peer_of(self, child: ChildSaInstalled) -> str:
+        for peer in self.config.endpoint.peers:
+            if peer.child(child.child) is not None and (peer.matches_addr(child.remote_addr)):
+                return peer.name
+        return "dynamic"
+
+    def _ensure_policies(self, child: ChildSaInstalled, name: str) -> None:
+        """Add PROTECT entries from the negotiated selectors when none exist for the child
+        (a responder whose configuration said ``dynamic`` toward ``%any``)."""
+        if any(
+            p.entry.template and p.entry.template.child == name for p in self.service.state.policies
+        ):
+            return
+        extra = []
+        for index, (local, remote) in enumerate(
+            (lts, rts) for lts in child.local_ts for rts in child.remote_ts
+        ):
+            if local.start_addr.version != remote.start_addr.version:
+                continue
+            entry: dict[str, Any] = {
+                "name": f"{name}#n{index}",
+                "local": _range_text(local),
+                "remote": _range_text(remote),
+                "action": "protect",
+                "child": name,
+            }
+            protocol = local.ip_protocol or remote.ip_protocol
+            if protocol:
+                entry["protocol"] = protocol
+                entry["local_ports"] = _ports(local)
+                entry["remote_ports"] = _ports(remote)
+            extra.append(parse_policy(entry, path=name))
+        if extra:
+            self.service._apply_policies(list(self.service.state.policies) + extra)
+
+    def sa_statistics(self) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        try:
+            for item in self.service.cmd_sa_list({}):
+                sa, stats = item["sa"], item["statistics"]
+                out[int(sa["spi"], 16)] = {
+                    "bytes_in": stats.get("bytes_in", 0),
+                    "packets_in": stats.get("packets_in", 0),
+                    "bytes_out": stats.get("bytes_out", 0),
+                    "packets_out": stats.get("packets_out", 0),
+                }
+        except Exception as exc:  # statistics must never break the monitor
+            log.debug("SA statistics unavailable: %s", exc)
+        return out
+
+    def statistics(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        try:
+            stats = self.service.cmd_stats({})
+        except Exception as exc:
+            log.debug("data plane statistics unavailable: %s", exc)
+            return totals
+        for worker in ("outbound", "inbound"):
+            part = stats.get(worker, {})
+            for item in part.get("sas", []):
+                for key, value in item.get("statistics", {}).items():
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        totals[key] = totals.get(key, 0) + value
+            for key, value in part.get("pipeline", {}).items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    totals[key] = totals.get(key, 0) + value
+        return totals
