@@ -208,3 +208,35 @@ def test_max_ike_sas_refuses_more():
     assert p.b.statistics().counter("too_many_ike_sas") == 1
     assert p.of("a", NegotiationFailed)[-1].notify == NotifyType.TEMPORARY_FAILURE
     assert p.b.statistics().ike_sas == 1
+
+
+def test_unknown_critical_payload_answered():
+    from pyipsec.wire.ike import UnknownPayload
+
+    p = Pair()
+    ((req, _),) = capture_init(p)
+    orig = pull_message(req)
+    crit = Message(
+        orig.spi_i,
+        orig.spi_r,
+        ExchangeType.IKE_SA_INIT,
+        orig.flags,
+        0,
+        [*orig.payloads, UnknownPayload(200, b"x", critical=True)],
+    )
+    p.b.receive_datagram(push_message(crit), A_ADDR, p.now)
+    ((ans, _),) = p.b.datagrams_to_send(p.now)
+    (n,) = list(pull_message(ans).notifies())
+    assert n.notify_type == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD and n.data == bytes([200])
+    assert p.b.statistics().ike_sas == 0
+    # not critical: skipped, the handshake goes on
+    ok = Message(
+        orig.spi_i,
+        orig.spi_r,
+        ExchangeType.IKE_SA_INIT,
+        orig.flags,
+        0,
+        [*orig.payloads, UnknownPayload(200, b"x", critical=False)],
+    )
+    p.b.receive_datagram(push_message(ok), A_ADDR, p.now)
+    assert p.b.statistics().ike_sas == 1

@@ -92,3 +92,19 @@ def test_lossy_rekey_storm(seed):
     (cb,) = [e for e in p.of("b", ChildSaInstalled) if e.inbound_spi in lb]
     assert ca.outbound_spi == cb.inbound_spi and ca.inbound_key == cb.outbound_key
     assert len(p.a._by_spi) == 1 and len(p.b._by_spi) == 1
+
+
+def test_ike_rekey_invalid_ke_retry():
+    """The responder was reconfigured to another group: INVALID_KE_PAYLOAD, retry with it."""
+    import dataclasses
+
+    p = Pair()
+    h = p.connect()
+    a_peer = dataclasses.replace(p.a_peer, ike_proposals=("aes128gcm16-prfsha256-x25519-ecp256",))
+    b_peer = dataclasses.replace(p.b_peer, ike_proposals=("aes128gcm16-prfsha256-ecp256",))
+    p.a._by_handle[h].peer = a_peer
+    p.b._by_handle[p.of("b", IkeSaUp)[0].ike_sa].peer = b_peer
+    p.a.rekey_ike(h, p.now)
+    p.advance(10)
+    assert p.a.statistics().counter("invalid_ke_retries") == 1
+    assert p.of("a", IkeSaRekeyed) and p.a.ike_sas()[0].proposal.endswith("ecp256")

@@ -25,14 +25,14 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from pyipsec.errors import ConfigError, PyipsecError
+from pyipsec.errors import ConfigError, ProtocolError, PyipsecError
 from pyipsec.ike.child_sa import ChildSa, ChildSaStatistics
 from pyipsec.ike.config import ChildConfig, EndpointConfig, PeerConfig
 from pyipsec.ike.cookies import CookieJar
 from pyipsec.ike.events import IkeEvent
 from pyipsec.ike.ike_sa import IkeSa, IkeSaStatistics
 from pyipsec.ike.state import ChildState, IkeState
-from pyipsec.wire.iana import ExchangeType
+from pyipsec.wire.iana import ExchangeType, NotifyType
 from pyipsec.wire.ike import pull_header, pull_message
 
 NON_ESP_MARKER = b"\0\0\0\0"
@@ -149,6 +149,19 @@ class IkeEndpoint:
             return
         try:
             msg = pull_message(data)
+        except ProtocolError as exc:
+            # unsupported critical payload, bad major version, syntax: a stateless error
+            self.stats["malformed"] += 1
+            if exc.notify in (
+                NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
+                NotifyType.INVALID_MAJOR_VERSION,
+            ):
+                from pyipsec.ike.exchanges import notify
+                from pyipsec.ike.exchanges.ike_sa_init import plain_reply_to
+
+                data_ = bytes([exc.payload_type]) if hasattr(exc, "payload_type") else b""
+                plain_reply_to(self, header, addr, [notify(exc.notify, data_)])
+            return
         except PyipsecError:
             self.stats["malformed"] += 1
             return

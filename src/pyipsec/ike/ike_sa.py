@@ -289,7 +289,8 @@ class IkeSa:
             self.drop("malformed")
             if not header.response:
                 self.expected_request_id += 1
-                self.respond(header, [notify(exc.notify or NotifyType.INVALID_SYNTAX)])
+                extra = bytes([exc.payload_type]) if hasattr(exc, "payload_type") else b""
+                self.respond(header, [notify(exc.notify or NotifyType.INVALID_SYNTAX, extra)])
             return
         if msg is None:  # more fragments needed
             return

@@ -214,6 +214,14 @@ class IkeSaInitTask(Task):
         sa.tasks.extendleft(reversed(tasks))  # started by the caller's kick()
 
 
+def plain_reply_to(
+    endpoint: IkeEndpoint, header: Any, addr: tuple[str, int], payloads: list[Any]
+) -> None:
+    """A stateless answer to an IKE_SA_INIT request whose payloads could not be read."""
+    reply = Message(header.spi_i, b"\0" * 8, ExchangeType.IKE_SA_INIT, FLAG_RESPONSE, 0, payloads)
+    endpoint._send(push_message(reply), addr)
+
+
 def _plain_reply(
     endpoint: IkeEndpoint, msg: Message, addr: tuple[str, int], payloads: list[Any]
 ) -> None:

@@ -35,7 +35,7 @@ from pyipsec.ike.proposals import (
     select_proposal,
     to_sa_payload,
 )
-from pyipsec.wire.iana import ExchangeType, NotifyType, ProtocolId
+from pyipsec.wire.iana import ExchangeType, NotifyType, ProtocolId, TransformType
 from pyipsec.wire.ike import KePayload, Message, NoncePayload, SaPayload
 
 if TYPE_CHECKING:
@@ -48,15 +48,20 @@ class RekeyIkeTask(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
     name = "rekey_ike"
 
+    def __init__(self, ke_id: int | None = None) -> None:
+        self.requested_ke = ke_id  # after INVALID_KE_PAYLOAD
+
     def build(self, sa: IkeSa, now: float) -> list[Any] | None:
         assert sa.peer is not None and sa.chosen is not None
-        if not sa.allows("rekey_ike") or sa.state.value != "established":
+        retry = self.requested_ke is not None and sa.state.value == "rekeying"
+        if not retry and (not sa.allows("rekey_ike") or sa.state.value != "established"):
             sa.rekey_queued = False
             return None
-        sa.transition("rekey_ike")
+        if not retry:
+            sa.transition("rekey_ike")
         self.spi = sa.endpoint._new_ike_spi()
         self.ni = sa.rand(NONCE_SIZE)
-        self.ke_id = sa.chosen.ke or sa.peer.default_ke
+        self.ke_id = self.requested_ke or sa.chosen.ke or sa.peer.default_ke
         self.kx = ke_by_id(self.ke_id).new()
         self.specs = prefer_ke(sa.peer.proposals(), self.ke_id)
         return [
@@ -68,6 +73,17 @@ class RekeyIkeTask(Task):
     def process(self, sa: IkeSa, msg: Message, now: float) -> None:
         err = error_notify(msg)
         sa_p, nonce, ke = msg.find(SaPayload), msg.find(NoncePayload), msg.find(KePayload)
+        if (
+            err is not None
+            and err.notify_type == NotifyType.INVALID_KE_PAYLOAD
+            and self.requested_ke is None
+            and len(err.data) == 2
+        ):
+            group = int.from_bytes(err.data, "big")
+            if any((group, None) in spec.algs(TransformType.KE) for spec in self.specs):
+                sa.endpoint.stats["invalid_ke_retries"] += 1
+                sa.queue(RekeyIkeTask(group), now, first=True)
+                return
         try:
             if err is not None:
                 raise ProtocolError(f"IKE rekey refused: {err.notify_type}", notify=err.notify_type)
