@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import socket
@@ -62,6 +63,9 @@ def test_fetch_verify_cache_and_versions(central):
     first = client.fetch(time.time())
     assert first.changed and first.previous is None
     assert (first.envelope.name, first.envelope.version) == ("web", 1)
+    if importlib.util.find_spec("pyipsec.policy.loader") is not None:
+        assert first.policy.name == "Web App Encrypt"  # the parsed policy, for the daemon
+        assert first.policy.polling_interval == 3600
     cache = client.config.cache
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
     assert client.current() == first.envelope

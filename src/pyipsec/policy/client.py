@@ -136,11 +136,13 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """A successful fetch: the envelope now in effect, the previous one, whether it changed."""
+    """A successful fetch: the envelope now in effect, the previous one, whether it changed,
+    and what the validator returned for its text (the parsed policy, for the daemon)."""
 
     envelope: PolicyEnvelope
     previous: PolicyEnvelope | None
     changed: bool
+    policy: object = None
 
 
 @dataclass(frozen=True)
@@ -287,14 +289,14 @@ class PolicyClient:
             self._counts["bad_signature"] += 1
             raise BadSignature(f"policy refused: {exc}", kept) from None
         try:
-            self._validate(envelope.text, f"{envelope.name} v{envelope.version}")
+            parsed = self._validate(envelope.text, f"{envelope.name} v{envelope.version}")
         except ConfigError as exc:
             self._counts["invalid_policy"] += 1
             raise InvalidPolicy(f"policy refused: invalid policy: {exc}", kept) from None
         changed = kept is None or kept.sha256 != envelope.sha256 or kept.name != envelope.name
         self._store(envelope)
         self._counts["updated" if changed else "unchanged"] += 1
-        return UpdateResult(envelope=envelope, previous=kept, changed=changed)
+        return UpdateResult(envelope=envelope, previous=kept, changed=changed, policy=parsed)
 
     def report(self, envelope: PolicyEnvelope, status: str, detail: str = "") -> None:
         """Tell the server what this host did with ``envelope`` (``POST /v1/applied``)."""
