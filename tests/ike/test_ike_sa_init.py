@@ -240,3 +240,43 @@ def test_unknown_critical_payload_answered():
     )
     p.b.receive_datagram(push_message(ok), A_ADDR, p.now)
     assert p.b.statistics().ike_sas == 1
+
+
+def test_responder_reports_no_common_proposal():
+    """Found against strongSwan (issue 6): a responder that refused a configured peer's
+    IKE_SA_INIT with NO_PROPOSAL_CHOSEN only counted it; it now also emits an event saying
+    why, without creating any IKE SA."""
+    a = peer_config("to-b", B_ADDR[0], ike_proposals=("aes128-sha256-modp2048",))
+    b = peer_config("to-a", A_ADDR[0], ike_proposals=("aes256gcm16-prfsha384-ecp384",))
+    p = Pair(a, b)
+    p.a.initiate(p.a_peer, None, p.now)
+    p.advance(5)
+    (refused,) = p.of("b", NegotiationFailed)
+    assert refused.ike_sa == 0 and refused.peer == "to-a"
+    assert refused.notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert "no acceptable IKE proposal" in refused.reason and A_ADDR[0] in refused.reason
+    assert p.b.statistics().counter("no_proposal_chosen") == 1
+    assert p.b.statistics().ike_sas == 0 and p.b.statistics().half_open == 0
+    assert p.of("a", NegotiationFailed)[-1].notify == NotifyType.NO_PROPOSAL_CHOSEN
+
+
+def test_responder_stays_silent_about_unknown_addresses():
+    """An IKE_SA_INIT from an address no peer is configured for is refused and counted,
+    but raises no event (no event flood from strangers)."""
+    a = peer_config("to-b", B_ADDR[0])
+    b = peer_config("to-a", "198.51.100.7")
+    p = Pair(a, b)
+    p.a.initiate(p.a_peer, None, p.now)
+    p.advance(5)
+    assert p.of("b", NegotiationFailed) == []
+    assert p.b.statistics().counter("no_proposal_chosen") == 1
+
+
+def test_cookie_retry_keeps_nonce_and_ke():
+    p = Pair(b_endpoint={"cookie_threshold": 0})
+    log = []
+    p.net.tamper = lambda data, dst: (log.append((data, dst)), data)[1]
+    p.connect()
+    first, second = [pull_message(d) for d, dst in log if dst == B_ADDR and d[18] == 34][:2]
+    assert first.payloads == second.payloads[1:]  # COOKIE first, the rest unchanged
+    assert second.payloads[0].notify_type == NotifyType.COOKIE

@@ -160,7 +160,9 @@ class AuthenticationFailed(IkeEvent):
 class NegotiationFailed(IkeEvent):
     """An exchange failed without an authentication problem.
 
-    ike_sa: handle. peer: PeerConfig name. notify: the Notify type (e.g.
+    ike_sa: handle (0 when a responder refused an IKE_SA_INIT before any IKE SA existed,
+    e.g. no acceptable proposal from a configured peer). peer: PeerConfig name. notify:
+    the Notify type (e.g.
     NO_PROPOSAL_CHOSEN=14, TS_UNACCEPTABLE=38) sent or received, 0 if none (timeout).
     reason: text. child: ChildConfig name if a Child SA negotiation failed.
     """

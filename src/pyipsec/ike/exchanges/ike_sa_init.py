@@ -128,7 +128,8 @@ class IkeSaInitTask(Task):
         specs = sa.peer.proposals()
         if not sa.ni:
             sa.ni = sa.rand(NONCE_SIZE)
-        self.kx = ke_by_id(self.ke_id).new()
+        if self.kx is None:  # a COOKIE retry keeps every other payload unchanged (2.6)
+            self.kx = ke_by_id(self.ke_id).new()
         payloads: list[Any] = []
         if self.cookie:
             payloads.append(notify(NotifyType.COOKIE, self.cookie))
@@ -144,6 +145,8 @@ class IkeSaInitTask(Task):
     def _retry(self, sa: IkeSa, now: float, ke_id: int, cookie: bytes) -> None:
         sa.transition("retry_init")
         task = IkeSaInitTask(ke_id, cookie, self.retries + 1)
+        if ke_id == self.ke_id:
+            task.kx = self.kx
         sa.send_request(task, task.build(sa, now), now, message_id=0)
 
     def process(self, sa: IkeSa, msg: Message, now: float) -> None:
@@ -272,6 +275,11 @@ def respond(
     if chosen is None or peer is None:
         stats["no_proposal_chosen"] += 1
         _plain_reply(endpoint, msg, addr, [notify(NotifyType.NO_PROPOSAL_CHOSEN)])
+        if candidates:  # a configured peer offered nothing we accept: tell the admin why
+            reason = f"no acceptable IKE proposal among {len(theirs)} offered by {addr[0]}"
+            endpoint._emit(
+                NegotiationFailed(0, candidates[0].name, NotifyType.NO_PROPOSAL_CHOSEN, reason)
+            )
         return None
     if chosen.ke != ke.group:
         stats["invalid_ke_sent"] += 1
