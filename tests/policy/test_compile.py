@@ -342,3 +342,17 @@ def test_host_context_validation() -> None:
     with pytest.raises(ConfigError, match="unknown capabilities"):
         compile_policy(example_policy("Web App Encrypt"), HostContext(A),
                        capabilities=frozenset({"telepathy"}))  # fmt: skip
+
+
+def test_dual_stack_host_icmp_only_on_ipv4() -> None:
+    host = HostContext(("10.0.0.5", "2001:db8::5"), certificate="/c", private_key="/k")
+    policy = example_policy("Secure Server (Require Security)")
+    c = compile_policy(policy, host, capabilities=ALL_CAPABILITIES)
+    assert [str(e.selector) for e in c.spd] == [
+        "10.0.0.5/32[icmp] === %any[icmp]",
+        "10.0.0.5/32 === %any",
+        "2001:db8::5/128 === %any",
+    ]
+    conn = c.daemon["connections"]["all-ip-traffic-any"]
+    remote_ts = [child["remote_ts"] for child in conn["children"].values()]
+    assert remote_ts == [["0.0.0.0/0"], ["::/0"]]

@@ -224,13 +224,21 @@ def _views(rf: ResolvedFilter, me: tuple[AddressRange, ...], tunnel: bool) -> li
     return views
 
 
-def _pairs(view: _View) -> list[tuple[AddressRange, AddressRange]]:
-    return [
-        (lo, re_)
-        for lo in view.local
-        for re_ in view.remote
-        if not lo.version or not re_.version or lo.version == re_.version
-    ]
+_ICMP_FAMILY = {1: 4, 58: 6}  # ICMP is IPv4's, ICMPv6 IPv6's
+
+
+def _pairs(view: _View, protocol: int | None) -> list[tuple[AddressRange, AddressRange]]:
+    """(local, remote) range pairs of one address family (ICMP: of its own family)."""
+    out = []
+    for lo in view.local:
+        for re_ in view.remote:
+            version = lo.version or re_.version
+            if lo.version and re_.version and lo.version != re_.version:
+                continue
+            if protocol in _ICMP_FAMILY and version and version != _ICMP_FAMILY[protocol]:
+                continue
+            out.append((lo, re_))
+    return out
 
 
 def _auth_dict(
@@ -403,13 +411,16 @@ class _Compiler:
         base = f"{_slug(rule.name)}.{rank + 1}"
         count = 0
         for view in views:
-            pairs = _pairs(view)
+            pairs = _pairs(view, f.protocol)
             if not pairs:
                 raise f.where.error("its source and destination share no address family here")
             for local, remote in pairs:
                 count += 1
                 name = f"{base}.{count}"
-                selector = Selector(local, remote, f.protocol, view.lports, view.rports)
+                try:
+                    selector = Selector(local, remote, f.protocol, view.lports, view.rports)
+                except ConfigError as exc:
+                    raise f.where.error(f"cannot become an SPD selector: {exc.reason}") from None
                 if action.action != "negotiate":
                     verdict = Action.BYPASS if action.action == "permit" else Action.DISCARD
                     self.emit(
