@@ -322,3 +322,33 @@ def test_time_limits_noticed_by_traffic_alone() -> None:
         rx.decapsulate(w2, now=20.0)
     assert events(rx) == [HardLifetimeExpired(0x777, "seconds", 20.0)]
     assert rx.statistics().packets_in == 1 and rx.statistics().replay_top == 1
+
+
+def test_weak_algorithm_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="pyipsec.ipsec.sa"):
+        SecurityAssociation(0x777, algorithm="3des-sha1", key=os.urandom(44))
+        SecurityAssociation(0x778, algorithm="aes128gcm16", key=KEY)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "3des-sha1" in msgs[0] and "0x00000777" in msgs[0]
+
+
+@pytest.mark.parametrize("inner_v", [4, 6])
+def test_tunnel_next_header_must_match_inner_version(inner_v: int) -> None:
+    """A valid ICV around an IPv6 packet labelled next header 4 (or the reverse) is
+    refused on the hot path and the general path alike."""
+    from scapy.layers.inet6 import IPv6
+
+    _, rx = pair()
+    inner = bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP() / b"abcd") if inner_v == 6 else PKT
+    wrong_nh = 4 if inner_v == 6 else 41
+    pad = -(len(inner) + 2) % 4
+    pt = inner + bytes(range(1, pad + 1)) + bytes([pad, wrong_nh])
+    import struct as _s
+
+    hdr = _s.pack("!II", rx.spi, 1)
+    a, b = rx._proc._t.seal(1, hdr, pt)
+    wire = bytes(IP(src="192.0.2.1", dst="192.0.2.2", proto=50) / (hdr + a + b))
+    with pytest.raises(Exception) as e:
+        rx.decapsulate(wire)
+    assert type(e.value).__name__ == "MalformedPacket"
+    assert rx.statistics().packets_in == 0 and rx.statistics().malformed_packets == 1

@@ -15,6 +15,7 @@ omitted for a packet). Keys never appear in ``repr()`` or error messages.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import struct
 from collections import deque
 from typing import Protocol
@@ -45,14 +46,17 @@ from pyipsec.ipsec.stats import ERROR_COUNTERS, SaStatistics
 from pyipsec.wire.flow import Flow
 from pyipsec.wire.ip import parse_flow
 
+_log = logging.getLogger(__name__)
 _II = struct.Struct("!II")
 _H = struct.Struct("!H")
-_PADDING = bytes(range(1, 256))
 _INF = float("inf")
 # IPv4 header (no options) + ESP header: total length, flags/fragment, protocol, SPI, seq
 _FAST4 = struct.Struct("!2xH2xH1xB10xII")
 _HEAD4 = struct.Struct("!BBHHHBBH4s4sIIQ")  # outer IPv4, ESP header, 8-byte counter IV
 _NONCE = struct.Struct("!4sQ")  # RFC 4106 section 4: salt || IV
+# RFC 4303 section 2.4 trailers (default padding, pad length, next header 4 / 41)
+_TRAILER4 = [bytes(range(1, n + 1)) + bytes((n, 4)) for n in range(256)]
+_TRAILER6 = [bytes(range(1, n + 1)) + bytes((n, 41)) for n in range(256)]
 
 
 class FlowSelector(Protocol):
@@ -135,6 +139,8 @@ class SecurityAssociation:
         self.encap = encap
         self.selectors = selectors
         self.weak = alg.weak
+        if alg.weak:
+            _log.warning("SA %#010x uses legacy algorithm %s (weak)", spi, alg.name)
         self._alg = alg
         if protocol == "esp":
             self._proc: EspProcessor | AhProcessor = EspProcessor(
@@ -392,14 +398,15 @@ class SecurityAssociation:
                     self._fail(e)
                     raise e from None
                 ln = len(pt)
-                pad = pt[ln - 2]
+                pad = pt[-2]
                 end = ln - 2 - pad
-                nh = pt[ln - 1]
-                if end >= 20 and (not pad or pt[end : ln - 2] == _PADDING[:pad]):
+                # padding 1, 2, 3 ..., pad length and next header in one comparison
+                if end >= 20 and pt[end:] == (_TRAILER4 if pt[-1] == 4 else _TRAILER6)[pad]:
                     v = pt[0] >> 4
-                    if nh == 4 and v == 4:
+                    nh = pt[-1]
+                    if v == 4 and nh == 4:
                         il = _H.unpack_from(pt, 2)[0]
-                    elif nh == 41 and v == 6 and end >= 40:
+                    elif v == 6 and nh == 41 and end >= 40:
                         il = _H.unpack_from(pt, 4)[0] + 40
                     else:
                         il = 0
