@@ -356,3 +356,56 @@ def test_dual_stack_host_icmp_only_on_ipv4() -> None:
     conn = c.daemon["connections"]["all-ip-traffic-any"]
     remote_ts = [child["remote_ts"] for child in conn["children"].values()]
     assert remote_ts == [["0.0.0.0/0"], ["::/0"]]
+
+
+# ------------------------------------------------------------------ with the real daemon
+
+
+def test_compiled_configs_bring_up_a_child_sa_between_two_daemons(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Both servers' compiled configs, run by two daemon cores over an in-memory network:
+    the first packet (acquire) brings up one Child SA with the filter's selectors."""
+    import asyncio
+
+    from daemonfakes import FakeDataplane, FakeNetwork
+    from pyipsec.daemon.core import Daemon
+
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+    daemons = {}
+    try:
+        for me in (A, B):
+            directory = tmp_path / me
+            directory.mkdir()
+            secrets = str(directory / "secrets.yaml")
+            c = compile_policy(
+                example_policy("Web App Encrypt"), HostContext((me,), secrets_file=secrets)
+            )
+            fd = os.open(secrets, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                yaml.safe_dump(c.secrets_file({"web-db": "a shared secret for A and B"}), handle)
+            (directory / "pyipsec.yaml").write_text(c.daemon_yaml())
+            config = load_config(str(directory / "pyipsec.yaml"))
+            daemon = Daemon(config, net.port(me), FakeDataplane(), clock=loop.time, loop=loop)
+            net.hosts[me] = daemon.datagram
+            daemons[me] = daemon
+        for daemon in daemons.values():
+            daemon.start()
+        daemons[A].acquire(A, B)
+
+        async def wait() -> bool:
+            for _ in range(500):
+                if all(d.dataplane.installed for d in daemons.values()):
+                    return True
+                await asyncio.sleep(0.01)
+            return False
+
+        assert loop.run_until_complete(wait())
+        (sa_a,) = daemons[A].dataplane.installed.values()
+        (sa_b,) = daemons[B].dataplane.installed.values()
+        assert sa_a.inbound_spi == sa_b.outbound_spi and sa_a.mode == "transport"
+        assert [str(t) for t in sa_a.local_ts] == [A] and [str(t) for t in sa_a.remote_ts] == [B]
+        assert [str(t) for t in sa_b.local_ts] == [B] and [str(t) for t in sa_b.remote_ts] == [A]
+    finally:
+        for daemon in daemons.values():
+            daemon.close()
+        loop.close()
