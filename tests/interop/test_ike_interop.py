@@ -32,6 +32,7 @@ from netns import Topology  # noqa: E402
 from pki import Pki, make_ca, make_ee  # noqa: E402
 from pyipsec.ike import (  # noqa: E402
     AuthConfig,
+    AuthenticationFailed,
     ChildConfig,
     ChildSaDeleted,
     ChildSaInstalled,
@@ -40,8 +41,10 @@ from pyipsec.ike import (  # noqa: E402
     IkeSaDown,
     IkeSaRekeyed,
     IkeSaUp,
+    NegotiationFailed,
     PeerConfig,
 )
+from pyipsec.wire.iana import NotifyType  # noqa: E402
 from strongswan import Charon, Child, Connection, Psk  # noqa: E402
 from vici_client import ViciClient  # noqa: E402
 
@@ -389,3 +392,161 @@ def test_simultaneous_child_rekey(side: str, topo, interop) -> None:
     assert [(c.inbound_spi, c.outbound_spi) for c in live if c.state == "installed"] == [
         (ev.new_inbound_spi, ev.new_outbound_spi)
     ], live
+
+
+# --------------------------------------------------------------------------- delete and DPD
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("by", ["pyipsec", "charon"])
+def test_delete(by: str, side: str, topo, interop) -> None:
+    """``by`` deletes the Child SA (the IKE SA stays), then the IKE SA; the other side
+    follows each time."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    if by == "pyipsec":
+        drv.call(lambda ep, now: ep.delete_child(up.ike_sa, "t-c", now))
+    else:
+        charon.terminate(child="t-c")
+    gone = drv.wait_event(ChildSaDeleted)
+    assert (gone.inbound_spi, gone.outbound_spi) == (inst.inbound_spi, inst.outbound_spi)
+    assert gone.reason == ("deleted" if by == "pyipsec" else "deleted by peer")
+    wait_until(lambda: charon.child_sas() == [], what="charon to drop the Child SA",
+               log=charon.log_text)  # fmt: skip
+    assert len(charon.list_sas()) == 1 and not drv.events_of(IkeSaDown)
+    if by == "pyipsec":
+        drv.call(lambda ep, now: ep.delete_ike(up.ike_sa, now))
+    else:
+        charon.terminate(ike="t")
+    down = drv.wait_event(IkeSaDown)
+    assert down.reason == ("deleted" if by == "pyipsec" else "deleted by peer")
+    wait_until(lambda: charon.list_sas() == {}, what="charon to drop the IKE SA",
+               log=charon.log_text)  # fmt: skip
+    assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 0
+    log = charon.log_text()
+    if by == "pyipsec":
+        assert "received DELETE for ESP CHILD_SA" in log and "received DELETE for IKE_SA" in log
+    else:
+        assert "sending DELETE for ESP CHILD_SA" in log and "sending DELETE for IKE_SA" in log
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("killed", ["charon", "pyipsec"])
+def test_dpd(killed: str, side: str, topo, interop) -> None:
+    """The survivor's dead peer detection notices a killed peer (no DELETE was sent) and
+    removes its SAs."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth, dpd_delay=1.0,
+                   retransmit_timeout=0.5, retransmit_tries=2)  # fmt: skip
+    conn = charon_conn(dpd_delay="1s")
+    charon, drv = start(interop, topo, conn, psks, peer, retransmit=strongswan.FAST_RETRANSMIT)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    if killed == "charon":
+        charon.kill()
+        down = drv.wait_event(IkeSaDown, timeout=20)
+        assert down.reason == "dead peer"
+        assert drv.events_of(ChildSaDeleted)
+        stats = drv.endpoint.statistics()
+        assert stats.counter("dpd_sent") >= 1 and stats.counter("timeouts") >= 1
+        assert stats.ike_sas == 0
+    else:
+        time.sleep(1.5)  # a DPD round trip or two while both live
+        assert len(charon.list_sas()) == 1
+        drv.kill()
+        charon.wait_for_log("giving up after", timeout=20)
+        wait_until(lambda: charon.list_sas() == {}, what="charon to drop the SAs",
+                   log=charon.log_text)  # fmt: skip
+        assert "sending DPD request" in charon.log_text()
+
+
+# --------------------------------------------------------------------------- negative
+
+
+def failure_events(drv: IkeDriver) -> list:
+    return drv.events_of(AuthenticationFailed) + drv.events_of(NegotiationFailed)
+
+
+def expect_failure(side: str, charon: Charon, drv: IkeDriver, peer: PeerConfig) -> None:
+    """Start the negotiation from ``side`` and expect it to fail on charon's side."""
+    if side == "pyipsec":
+        drv.call(lambda ep, now: ep.initiate(peer, peer.children[0], now))
+    else:
+        with pytest.raises(RuntimeError):
+            charon.initiate("t-c", timeout=6)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_mismatched_psk(side: str, topo, interop) -> None:
+    auth, psks = psk_pair()
+    other = AuthConfig(psk=os.urandom(32))
+    peer = py_peer(local_auth=other, remote_auth=other)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer,
+                        retransmit=strongswan.FAST_RETRANSMIT)  # fmt: skip
+    expect_failure(side, charon, drv, peer)
+    ev = drv.wait_event((AuthenticationFailed, NegotiationFailed))
+    if side == "pyipsec":  # charon checked our AUTH and refused it
+        charon.wait_for_log(f"tried 1 shared key for '{CHARON_ID}' - '{PY_ID}', but MAC mismatched")
+        assert isinstance(ev, AuthenticationFailed) or ev.notify == NotifyType.AUTHENTICATION_FAILED
+    else:  # we checked charon's AUTH and refused it
+        assert isinstance(ev, AuthenticationFailed), ev
+        charon.wait_for_log("received AUTHENTICATION_FAILED notify error")
+    assert ev.reason and ev.peer == "t"
+    if side == "pyipsec":
+        assert drv.wait_event(IkeSaDown).reason == "failed"
+    else:  # a responder's half-open SA goes without IkeSaDown (it never came up)
+        assert "pre-shared key" in ev.reason
+    wait_until(lambda: drv.endpoint.statistics().ike_sas == 0, what="pyipsec to drop the SA")
+    assert drv.endpoint.statistics().counter("auth_failures") == 1
+    assert not drv.events_of(IkeSaUp) and not drv.events_of(ChildSaInstalled)
+    assert charon.list_sas() == {} or all(
+        s["state"] != "ESTABLISHED" for s in charon.list_sas().values()
+    )
+    for text in (drv.log_text(), charon.log_text()):
+        for secret in (auth.psk, other.psk):
+            assert secret.hex() not in text
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_no_common_proposal(side: str, topo, interop) -> None:
+    auth, psks = psk_pair()
+    peer = py_peer(ike="aes128-sha256-modp2048", local_auth=auth, remote_auth=auth)
+    conn = charon_conn(ike="aes256gcm16-prfsha384-ecp384")
+    charon, drv = start(interop, topo, conn, psks, peer, retransmit=strongswan.FAST_RETRANSMIT)
+    expect_failure(side, charon, drv, peer)
+    ev = drv.wait_event(NegotiationFailed)
+    assert ev.notify == NotifyType.NO_PROPOSAL_CHOSEN, ev
+    if side == "pyipsec":
+        charon.wait_for_log("received proposals unacceptable")
+    else:  # pyipsec refused charon's IKE_SA_INIT: no IKE SA, but an event saying why
+        assert ev.ike_sa == 0 and ev.peer == "t" and "no acceptable IKE proposal" in ev.reason
+        assert drv.endpoint.statistics().counter("no_proposal_chosen") == 1
+        charon.wait_for_log("received NO_PROPOSAL_CHOSEN notify error")
+    assert not drv.events_of(IkeSaUp)
+    assert charon.list_sas() == {}
+    assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 0
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_unacceptable_selectors(side: str, topo, interop) -> None:
+    """The IKE SA comes up, the Child SA is refused with TS_UNACCEPTABLE: pyipsec proposes
+    (or accepts only) subnets charon's configuration does not cover."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_ts="10.77.0.0/16", remote_ts="10.78.0.0/16",
+                   local_auth=auth, remote_auth=auth)  # fmt: skip
+    charon, drv = start(interop, topo, charon_conn(), psks, peer,
+                        retransmit=strongswan.FAST_RETRANSMIT)  # fmt: skip
+    expect_failure(side, charon, drv, peer)
+    ev = drv.wait_event(NegotiationFailed)
+    assert ev.notify == NotifyType.TS_UNACCEPTABLE, ev
+    if side == "pyipsec":
+        assert ev.child == "t-c"
+        charon.wait_for_log("traffic selectors 10.78.0.0/16 === 10.77.0.0/16 unacceptable")
+    else:  # as responder no Child config matched charon's selectors, so no child name
+        assert ev.child is None and "traffic selectors" in ev.reason
+        charon.wait_for_log("received TS_UNACCEPTABLE notify")
+    # the IKE SA itself is fine on both sides
+    assert drv.events_of(IkeSaUp) and len(charon.list_sas()) == 1
+    assert not drv.events_of(ChildSaInstalled)
+    assert charon.child_sas() == []
