@@ -352,3 +352,22 @@ def test_tunnel_next_header_must_match_inner_version(inner_v: int) -> None:
         rx.decapsulate(wire)
     assert type(e.value).__name__ == "MalformedPacket"
     assert rx.statistics().packets_in == 0 and rx.statistics().malformed_packets == 1
+
+
+@pytest.mark.parametrize("name", ["aes128gcm16", "aes128-sha256", "sha256", "aes128gmac"])
+@pytest.mark.parametrize("mode", ["transport", "tunnel"])
+@pytest.mark.parametrize("conv", [bytearray, memoryview])
+def test_bytearray_and_memoryview_inputs(name: str, mode: str, conv) -> None:
+    """The data plane reads into bytearrays and slices memoryviews out of GRO batches."""
+    from pyipsec.crypto.esp_algorithms import ALGORITHMS
+
+    alg = ALGORITHMS[name]
+    kw = dict(protocol=alg.protocol, mode=mode, algorithm=name, key=os.urandom(alg.key_len))
+    if mode == "tunnel":
+        kw.update(tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2")
+    tx, rx = SecurityAssociation(0x900, **kw), SecurityAssociation(0x900, **kw)
+    wire = tx.encapsulate(conv(PKT))
+    assert bytes(rx.decapsulate(conv(wire))) == PKT
+    if alg.protocol == "esp":
+        msg = tx.encapsulate_esp(conv(PKT))
+        assert rx.decapsulate_esp(conv(msg), "10.0.0.1", "10.0.0.2")[20:] == PKT[20:]

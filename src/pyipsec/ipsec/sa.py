@@ -273,6 +273,8 @@ class SecurityAssociation:
 
     def encapsulate(self, ip_packet: bytes, now: float | None = None) -> bytes:
         """Protect a whole IPv4/IPv6 packet; the whole outer packet."""
+        if ip_packet.__class__ is memoryview:  # bytes and bytearray are used as they are
+            ip_packet = ip_packet.tobytes()
         seq = self._seq + 1
         if self._dead or seq >= self._seq_max or (now is not None and now >= self._deadline):
             return self._encapsulate_checked(ip_packet, now)
@@ -336,6 +338,8 @@ class SecurityAssociation:
         """Protect a packet; only the ESP message (SPI .. ICV), for a UDP socket."""
         if self.protocol != "esp":
             raise ConfigError("encapsulate_esp needs an ESP SA", key="protocol")
+        if ip_packet.__class__ is memoryview:
+            ip_packet = ip_packet.tobytes()
         seq = self._next_seq(now)
         try:
             out = self._proc.encapsulate_esp(ip_packet, seq)
@@ -374,6 +378,8 @@ class SecurityAssociation:
         replayed numbers, errors) takes the general path below, which counts and
         raises the right error.
         """
+        if ip_packet.__class__ is memoryview:
+            ip_packet = ip_packet.tobytes()
         p = ip_packet
         if self._fast_in and not self._dead and (now is None or now < self._deadline):
             n = len(p)
@@ -463,6 +469,8 @@ class SecurityAssociation:
 
         ``src``/``dst`` are the outer addresses; the result is the whole inner packet.
         """
+        if esp.__class__ is memoryview:
+            esp = esp.tobytes()
         try:
             if self.protocol != "esp":
                 raise ConfigError("decapsulate_esp needs an ESP SA", key="protocol")
