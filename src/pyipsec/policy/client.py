@@ -199,7 +199,8 @@ class PolicyClient:
     # ------------------------------------------------------------------ TLS/HTTP
 
     def _context(self) -> ssl.SSLContext:
-        """The TLS context, built once (loading the CA and key costs milliseconds)."""
+        """The TLS context, built once (loading CA and key costs ms; a renewed certificate
+        takes effect with a new PolicyClient)."""
         if self._ctx is not None:
             return self._ctx
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
