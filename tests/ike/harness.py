@@ -104,22 +104,23 @@ class Pair:
         b_endpoint: dict[str, Any] | None = None,
         children: tuple[ChildConfig, ...] = (ChildConfig("c"),),
         start: float = START,
+        addrs: tuple[str, str] = (A_ADDR[0], B_ADDR[0]),
     ) -> None:
+        self.a_addr, self.b_addr = (addrs[0], 500), (addrs[1], 500)
         self.now = start
         self.net = network or Network(seed=seed)
-        self.a_peer = a_peer or peer_config("to-b", B_ADDR[0], children=children)
-        self.b_peer = b_peer or peer_config("to-a", A_ADDR[0], children=children)
+        self.a_peer = a_peer or peer_config("to-b", addrs[1], children=children)
+        self.b_peer = b_peer or peer_config("to-a", addrs[0], children=children)
         rng = random.Random(seed)
         self.a = IkeEndpoint(
-            EndpointConfig(peers=(self.a_peer,), local_addr=A_ADDR[0]),
+            EndpointConfig(peers=(self.a_peer,), local_addr=addrs[0]),
             rng=random.Random(rng.random()),
         )
         self.b = IkeEndpoint(
-            EndpointConfig(peers=(self.b_peer,), local_addr=B_ADDR[0], **(b_endpoint or {})),
+            EndpointConfig(peers=(self.b_peer,), local_addr=addrs[1], **(b_endpoint or {})),
             rng=random.Random(rng.random()),
         )
-        self.addr = {id(self.a): A_ADDR, id(self.b): B_ADDR}
-        self.a_public = A_ADDR  # set to another address to put "a" behind a NAT
+        self.a_public = self.a_addr  # set to another address to put "a" behind a NAT
         self.events: dict[str, list[IkeEvent]] = {"a": [], "b": []}
 
     def endpoints(self) -> list[tuple[str, IkeEndpoint]]:
@@ -130,17 +131,23 @@ class Pair:
         for name, ep in self.endpoints():
             for data, dst, local in ep.datagrams_to_send_from(self.now):
                 port = local[1] if local else 500
-                src = self.a_public if ep is self.a else (B_ADDR[0], port)
+                src = self.a_public if ep is self.a else (self.b_addr[0], port)
                 self.net.send(data, src, dst, self.now)
             while (ev := ep.next_event()) is not None:
                 self.events[name].append(ev)
 
     def deliver(self) -> None:
         for data, src, dst in self.net.due(self.now):
-            if self.a_public != A_ADDR:  # "a" behind a NAT: anything to its public IP
+            if self.a_public != self.a_addr:  # "a" behind a NAT: anything to its public IP
                 ep = self.a if dst[0] == self.a_public[0] else self.b
             else:
-                ep = self.a if dst[0] == A_ADDR[0] else self.b if dst[0] == B_ADDR[0] else None
+                ep = (
+                    self.a
+                    if dst[0] == self.a_addr[0]
+                    else self.b
+                    if dst[0] == self.b_addr[0]
+                    else None
+                )
             if ep is not None:
                 ep.receive_datagram(data, src, self.now, local_addr=dst)
         self.flush()

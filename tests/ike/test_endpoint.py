@@ -400,3 +400,24 @@ def test_wildcard_or_empty_local_address_from_socket_layer():
     p.connect()
     assert got and p.of("b", IkeSaUp)[0].local_addr == ("192.0.2.2", 500)
     assert not installed(p, "b")[0].encap_udp
+
+
+def test_ipv6_handshake_transport_and_tunnel():
+    p = Pair(addrs=("2001:db8::1", "2001:db8::2"))
+    p.connect()
+    (ca,), (cb,) = installed(p, "a"), installed(p, "b")
+    assert_pair_matches(ca, cb)
+    assert str(ca.local_ts[0]) == "2001:db8::1" and not ca.encap_udp
+    child = ChildConfig(
+        "t", mode="tunnel", local_ts=("2001:db8:1::/48",), remote_ts=("2001:db8:2::/48",)
+    )
+    child_b = ChildConfig(
+        "t", mode="tunnel", local_ts=("2001:db8:2::/48",), remote_ts=("2001:db8:1::/48",)
+    )
+    q = Pair(
+        peer_config("to-b", "2001:db8::2", children=(child,)),
+        peer_config("to-a", "2001:db8::1", children=(child_b,)),
+        addrs=("2001:db8::1", "2001:db8::2"),
+    )
+    q.connect()
+    assert str(installed(q, "a")[0].remote_ts[0]) == "2001:db8:2::/48"
