@@ -148,14 +148,6 @@ def push_ipv4(h: Ipv4Header, payload_length: int | None = None) -> bytes:
     return bytes(hdr)
 
 
-def ipv4_set_length_protocol(header: bytearray, total_length: int, protocol: int) -> None:
-    """Rewrite total length and protocol of an IPv4 header in place, fixing its checksum."""
-    _H.pack_into(header, 2, total_length)
-    header[9] = protocol
-    header[10] = header[11] = 0
-    _H.pack_into(header, 10, ipv4_header_checksum(header))
-
-
 # --------------------------------------------------------------------------- IPv6
 
 
@@ -237,16 +229,6 @@ def ipv6_transport_split(buf: bytes) -> tuple[int, int]:
 # --------------------------------------------------------------------------- common
 
 
-def ip_version(packet: bytes) -> int:
-    """4 or 6, or :class:`MalformedPacket`."""
-    if not packet:
-        raise MalformedPacket("empty packet")
-    v = packet[0] >> 4
-    if v != 4 and v != 6:
-        raise MalformedPacket(f"IP version {v}")
-    return v
-
-
 def check_ip_packet(packet: bytes) -> int:
     """Validate the basic IP framing of a whole packet; return its version.
 
@@ -315,10 +297,3 @@ def parse_flow(packet: bytes) -> Flow:
             raise MalformedPacket("truncated ICMP header")
         return Flow(v, src, dst, proto, packet[off], packet[off + 1])
     return Flow(v, src, dst, proto, 0, 0)
-
-
-def ip_addresses(packet: bytes) -> tuple[bytes, bytes]:
-    """(source, destination) address bytes of an IPv4 or IPv6 packet."""
-    if packet[0] >> 4 == 4:
-        return bytes(packet[12:16]), bytes(packet[16:20])
-    return bytes(packet[8:24]), bytes(packet[24:40])
