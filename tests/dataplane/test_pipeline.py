@@ -33,8 +33,8 @@ class FakeTun:
     def __init__(self) -> None:
         self.written: list[bytes] = []
 
-    def write(self, packet):
-        self.written.append(packet)
+    def write_batch(self, packets):
+        self.written.extend(packets)
 
 
 def _csum(data: bytes) -> int:

@@ -85,3 +85,54 @@ def test_plain_and_malformed():
         offload.split(vnet(1, 0, 0, 200, 6) + pkt)
     with pytest.raises(MalformedPacket):
         offload.split(vnet(1, offload.GSO_TCPV4, 1400, 25, 16) + pkt)
+
+
+def tcp_segments(v, n, *, mss=1000, seq=1000, last_len=None, psh_last=True, ip_id=7):
+    out = []
+    for i in range(n):
+        ln = last_len if (last_len is not None and i == n - 1) else mss
+        flags = "PA" if (psh_last and i == n - 1) else "A"
+        tcp = TCP(sport=80, dport=999, seq=seq + i * mss, ack=55, flags=flags, window=500,
+                  options=[("Timestamp", (1, 2))])  # fmt: skip
+        ip = (IP(src="10.0.0.1", dst="10.0.0.2", id=ip_id + i, flags="DF") if v == 4
+              else IPv6(src="fd00::1", dst="fd00::2"))  # fmt: skip
+        out.append(bytes(ip / tcp / (bytes([i & 0xFF]) * ln)))
+    return out
+
+
+@pytest.mark.parametrize("v", [4, 6])
+def test_coalesce_merges_a_run_and_split_restores_it(v):
+    segs = tcp_segments(v, 20, last_len=300)
+    (buf,) = offload.coalesce(segs)
+    flags, gso_type, hdr_len, gso_size, start, off = offload.VNET_HDR.unpack_from(buf)
+    l4 = 20 if v == 4 else 40
+    assert (flags, gso_type, gso_size, start, off) == (
+        offload.F_NEEDS_CSUM,
+        offload.GSO_TCPV4 if v == 4 else offload.GSO_TCPV6,
+        1000,
+        l4,
+        16,
+    )
+    assert hdr_len == l4 + 32 and len(buf) == 10 + hdr_len + 19 * 1000 + 300
+    assert offload.split(buf) == segs  # what the kernel's segmentation would give back
+
+
+def test_coalesce_leaves_what_it_cannot_merge():
+    run = tcp_segments(4, 3, psh_last=False)
+    other = tcp_segments(4, 1, seq=50_000, ip_id=99)[0]
+    gap = tcp_segments(4, 2, seq=1000 + 5000, ip_id=20, psh_last=False)
+    syn = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(flags="S"))
+    udp = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"x")
+    frag = bytes(IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP(flags="A") / (b"y" * 10))
+    opts = bytes(IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01\x01\x01\x00") /
+                 TCP(flags="A") / (b"z" * 10))  # fmt: skip
+    short_mid = tcp_segments(6, 3, mss=1000, psh_last=False)
+    short_mid[1] = tcp_segments(6, 1, mss=500, seq=2000, psh_last=False)[0]
+    bufs = offload.coalesce([*run, other, *gap, syn, udp, frag, opts, *short_mid])
+    w = offload.WRITE_HEADER
+    kinds = [b[1] if not b.startswith(w) else 0 for b in bufs]
+    # run -> 1 merged; other alone; gap pair merged; syn/udp/frag/opts alone;
+    # short_mid: first + shorter second merged (a shorter segment ends a run), third alone
+    assert kinds == [1, 0, 1, 0, 0, 0, 0, 4, 0]
+    assert bufs[1] == w + other and bufs[3] == w + syn and bufs[8] == w + short_mid[2]
+    assert offload.split(bufs[0]) == [p for p in run]

@@ -22,7 +22,8 @@ addresses)::
     SPI -> SA         dict lookup by (protocol, SPI); a miss counts bad_spi_packets
     decapsulate       replay check, ICV, decrypt, replay update, the inner packet checked
                       against the SA's selectors (SecurityAssociation does all of it)
-    write             the inner packet into the TUN device, one write each
+    write batch       the inner packets into the TUN device; with TUN offloads, runs of
+                      one TCP flow become one GSO super-packet (receive-side GRO)
 
 Every PacketError raised on the way is counted under its ``counter`` name and never stops
 the batch. Nothing here reads the clock: ``now`` comes from the worker loop.
@@ -58,9 +59,9 @@ class Sender(Protocol):
 
 
 class PacketSink(Protocol):
-    """Where decapsulated packets go (the TUN device)."""
+    """Where decapsulated packets go (the TUN device), one batch per call."""
 
-    def write(self, packet: bytes) -> None: ...
+    def write_batch(self, packets: list[bytes]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +300,8 @@ class InboundPipeline:
         """Whole IPv4 packets carrying ESP (50) or AH (51), as a raw IPv4 socket gives them."""
         self._received += len(packets)
         sas = self.sas
-        write = self.sink.write
+        done: list[bytes] = []
+        write = done.append
         errors = self.errors
         for pkt in packets:
             if len(pkt) < 28:
@@ -323,6 +325,8 @@ class InboundPipeline:
             write(inner)
             self._delivered += 1
             self._bytes += len(inner)
+        if done:
+            self.sink.write_batch(done)
 
     def process_payloads(
         self,
@@ -337,7 +341,8 @@ class InboundPipeline:
         Addresses are packed bytes (what the sockets give) or strings."""
         self._received += len(items)
         sas = self.sas
-        write = self.sink.write
+        done: list[bytes] = []
+        write = done.append
         errors = self.errors
         for payload, src, dst in items:
             n = len(payload)
@@ -370,6 +375,8 @@ class InboundPipeline:
             write(inner)
             self._delivered += 1
             self._bytes += len(inner)
+        if done:
+            self.sink.write_batch(done)
 
     def tick(self, now: float) -> list[SaEventReport]:
         return _drain_events(self.sas.values(), "in", now)

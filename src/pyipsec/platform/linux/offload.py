@@ -123,3 +123,113 @@ def _split_tcp(pkt: memoryview, v4: bool, mss: int, l4: int) -> list[bytes]:
         off += mss
         i += 1
     return out
+
+
+# --------------------------------------------------------------------------- coalescing
+
+MAX_COALESCED = 65535 - 128  #: payload bytes of one coalesced super-packet at most
+MAX_SEGMENTS = 64
+
+
+def _tcp_key(p: bytes) -> tuple[bytes, int, int, int, int, int] | None:
+    """(flow key, TCP offset, header length, payload length, seq, flags) of a plain TCP
+    segment that may be merged (IPv4 without options or fragments, IPv6 without extension
+    headers; only ACK/PSH flags; some payload); None otherwise."""
+    n = len(p)
+    b0 = p[0]
+    if b0 == 0x45:
+        if n < 40 or p[9] != 6 or (p[6] & 0x3F) or p[7]:  # MF or fragment offset
+            return None
+        l4 = 20
+        ipkey = p[1:2] + p[6:7] + p[8:9] + p[12:20]  # TOS, DF, TTL, addresses
+    elif b0 >> 4 == 6:
+        if n < 60 or p[6] != 6:
+            return None
+        l4 = 40
+        ipkey = p[0:4] + p[7:40]  # traffic class, flow label, hop limit, addresses
+    else:
+        return None
+    thl = (p[l4 + 12] >> 4) * 4
+    flags = p[l4 + 13]
+    hl = l4 + thl
+    if thl < 20 or hl >= n or flags & ~0x18 or not flags & 0x10:  # ACK, maybe PSH; data
+        return None
+    key = ipkey + p[l4 : l4 + 4] + p[l4 + 8 : l4 + 12] + p[l4 + 14 : l4 + 16] + p[l4 + 20 : hl]
+    return key, l4, hl, n - hl, _I.unpack_from(p, l4 + 4)[0], flags
+
+
+def coalesce(packets: list[bytes]) -> list[bytes]:
+    """TUN writes (virtio header included) for decapsulated packets, merging runs of
+    consecutive in-order TCP segments of one flow into one GSO super-packet.
+
+    The kernel's TCP then handles one large packet where it would handle up to 64 (the
+    receive-side counterpart of TSO, as GRO does for a NIC). A run grows while the next
+    segment has the same addresses, ports, ACK number, window and options, continues the
+    sequence numbers and is not longer than the first; a shorter segment or PSH ends it.
+    Anything else is written alone (``WRITE_HEADER``). The merged packet carries the
+    pseudo-header sum in its checksum field and NEEDS_CSUM, as TSO packets do.
+    """
+    out: list[bytes] = []
+    run: list[bytes] = []
+    run_key = b""
+    seg = nxt = total = 0
+    ended = True
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(WRITE_HEADER + run[0])
+        elif run:
+            out.append(_merge(run, seg, total))
+
+    for p in packets:
+        info = _tcp_key(p)
+        if info is None:
+            flush()
+            run = []
+            ended = True
+            out.append(WRITE_HEADER + p)
+            continue
+        key, _l4, _hl, plen, seq, flags = info
+        if (
+            not ended
+            and key == run_key
+            and seq == nxt
+            and plen <= seg
+            and total + plen <= MAX_COALESCED
+            and len(run) < MAX_SEGMENTS
+        ):
+            run.append(p)
+            total += plen
+            nxt = (seq + plen) & 0xFFFFFFFF
+            ended = plen < seg or bool(flags & 0x08)
+            continue
+        flush()
+        run = [p]
+        run_key, seg, total = key, plen, plen
+        nxt = (seq + plen) & 0xFFFFFFFF
+        ended = bool(flags & 0x08)
+    flush()
+    return out
+
+
+def _merge(run: list[bytes], seg: int, total: int) -> bytes:
+    first = run[0]
+    v4 = first[0] == 0x45
+    l4 = 20 if v4 else 40
+    thl = (first[l4 + 12] >> 4) * 4
+    hl = l4 + thl
+    ip = bytearray(first[:l4])
+    if v4:
+        _H.pack_into(ip, 2, hl + total)
+        ip[10] = ip[11] = 0
+        s = int.from_bytes(ip, "big") % 0xFFFF
+        _H.pack_into(ip, 10, ~s & 0xFFFF if s else 0)
+    else:
+        _H.pack_into(ip, 4, thl + total)
+    th = bytearray(first[l4:hl])
+    th[13] |= run[-1][l4 + 13] & 0x08  # PSH of the last segment
+    psum = _pseudo(ip, v4, thl + total) % 0xFFFF
+    _H.pack_into(th, 16, psum or 0xFFFF)
+    gso = GSO_TCPV4 if v4 else GSO_TCPV6
+    vh = VNET_HDR.pack(F_NEEDS_CSUM, gso, hl, seg, l4, 16)
+    return b"".join([vh, ip, th, *(p[hl:] for p in run)])
