@@ -212,7 +212,14 @@ class Scenario:
 
     @staticmethod
     def kinds(flow: list[Packet]) -> str:
-        counts = Counter(p.describe().split(" ", 3)[-1] for p in flow)
+        """'44 ESP, 4 IKE (UDP 500)': what a flow is made of."""
+
+        def kind(p: Packet) -> str:
+            if p.proto == 17 and {p.sport, p.dport} & {500, 4500}:
+                return f"IKE (UDP {min({p.sport, p.dport} & {500, 4500})})"
+            return p.describe().split(" ")[-1]
+
+        counts = Counter(kind(p) for p in flow)
         return ", ".join(f"{n} {k}" for k, n in counts.most_common()) or "no packets"
 
     # ------------------------------------------------------------------ phase 1
@@ -337,7 +344,11 @@ connections:
             if not checks.add(f"phase 2: daemon on {label} ready", not why, why):
                 self.show_logs()
                 return
-        say("  transport mode, ESP aes128gcm16, IKEv2 PSK, start_action trap (first packet)")
+        say(f"  configuration of server-a ({self.lab.path('ipsec-server-a/pyipsec.yaml')}):")
+        with open(self.lab.path("ipsec-server-a/pyipsec.yaml")) as handle:
+            for line in handle.read().splitlines()[1:]:
+                say(f"    {line}")
+        say("  the PSK is in a 0600 secrets file; server-b's configuration mirrors this one")
         cap_b = self.lab.capture("server-b", "phase2-b")
         cap_c = self.lab.capture("client", "phase2-c")
         # the first packet to B is held while IKE runs (trap); one retry is allowed and shown
@@ -351,7 +362,7 @@ connections:
             say(f"  $ pyipsec status   (on {label})")
             res = self.pyipsec(label, "status")
             for line in (res.stdout + res.stderr).rstrip().splitlines():
-                say(f"    {line}")
+                say(f"    {line}".rstrip())
         say()
         for label in ("server-a", "server-b"):
             self.check_status(checks, label)

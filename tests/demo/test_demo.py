@@ -168,15 +168,18 @@ os.kill(os.getpid(), signal.SIGKILL)  # crash: no cleanup at all
 @pytest.mark.netns
 def test_stale_run_is_cleaned_up_by_next_run() -> None:
     tag = TAG + "s"
-    res = subprocess.run(
-        [sys.executable, "-c", _CRASH, str(DEMO), tag], capture_output=True, text=True, timeout=60
-    )
-    assert res.returncode == -9, res.stderr
-    workdir, pid = res.stdout.split()
     fresh = Lab(tag=tag)
-    assert set(fresh.namespaces) <= _namespaces()  # the crash left them behind
-    assert os.path.isdir(workdir) and os.path.exists(f"/proc/{pid}")
     try:
+        res = subprocess.run(
+            [sys.executable, "-c", _CRASH, str(DEMO), tag],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == -9, res.stderr
+        workdir, pid = res.stdout.split()
+        assert set(fresh.namespaces) <= _namespaces()  # the crash left them behind
+        assert os.path.isdir(workdir) and os.path.exists(f"/proc/{pid}")
         removed = fresh.build()
         assert workdir in removed
         assert set(fresh.namespaces) <= set(removed)
@@ -189,6 +192,7 @@ def test_stale_run_is_cleaned_up_by_next_run() -> None:
         assert fresh.run(fresh.hosts["client"].ns, ping, check=False).returncode == 0
     finally:
         fresh.close()
+        demolab.remove_stale(tag, fresh.namespaces)  # if the test failed before build()
     assert fresh.leftovers() == []
     assert not set(fresh.namespaces) & _namespaces()
 
@@ -220,16 +224,29 @@ def test_full_demo_passes() -> None:
     why = _daemon_missing()
     if why:
         pytest.skip(why)
-    res = subprocess.run(
-        [sys.executable, str(DEMO / "run.py"), f"--tag={TAG}f"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    tag = TAG + "f"
+    try:
+        res = subprocess.run(
+            [sys.executable, str(DEMO / "run.py"), f"--tag={tag}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        left = set(Lab(tag=tag).namespaces) & _namespaces()
+    finally:  # a timeout kills the demo with SIGKILL: remove what it left
+        demolab.remove_stale(tag, Lab(tag=tag).namespaces)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert "demo PASSED" in res.stdout
-    assert "phase 2: A <-> B carries only ESP and IKE" in res.stdout
-    assert not {f"pyi-server-a{TAG}f", f"pyi-server-b{TAG}f"} & _namespaces()
+    for line in (
+        "PASS  phase 1: SQL text crosses A <-> B in clear",
+        "PASS  phase 2: A <-> B carries only ESP and IKE",
+        "PASS  phase 2: no SQL text between A and B",
+        "PASS  phase 2: client <-> server-a is left alone (plain HTTP)",
+        "PASS  cleanup: namespaces, processes and files removed",
+    ):
+        assert line in res.stdout.splitlines()
+    assert "Main Mode (IKE SAs): 1" in res.stdout and "Quick Mode (Child SAs): 1" in res.stdout
+    assert not left
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
