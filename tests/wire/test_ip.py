@@ -183,3 +183,12 @@ def test_fuzz_parse_flow(data: bytes) -> None:
     except MalformedPacket:
         return
     assert f.version in (4, 6) and 0 <= f.protocol <= 255
+
+
+def test_parse_flow_builds_ordinary_frozen_flows() -> None:
+    f = parse_flow(bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=7, dport=8)))
+    g = Flow(4, 0x0A000001, 0x0A000002, 6, 7, 8)
+    assert f == g and hash(f) == hash(g) and {g: 1}[f] == 1 and type(f) is Flow
+    with pytest.raises(AttributeError):
+        f.sport = 9  # type: ignore[misc]
+    assert f.reversed() == Flow(4, 0x0A000002, 0x0A000001, 6, 8, 7)
