@@ -467,6 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             say(f"demo: the command {tool!r} is missing (run scripts/bootstrap.sh as root)")
             return 2
+    try:
+        import psycopg  # noqa: F401 - the web application's driver
+    except ImportError:
+        say("demo: the PostgreSQL driver psycopg is missing (run: make bootstrap)")
+        return 2
     checks = Checks()
     scenario = Scenario(args.tag, keep_logs=args.keep_logs)
     started = time.monotonic()
