@@ -37,7 +37,7 @@ def test_check() -> None:
     assert "not applicable: Web - DB" in third.output
     refused = _run("check", SECURE, "--me", A)
     assert refused.exit_code != 0 and "not supported yet" in str(refused.exception)
-    assumed = _run("check", SECURE, "--me", A, "--assume", "opportunistic")
+    assumed = _run("check", SECURE, "--me", A, "--assume", "opportunistic", "--assume", "spd")
     assert assumed.exit_code == 0, assumed.output
 
 
@@ -116,3 +116,16 @@ def test_dns_names_go_through_the_system_resolver(
     assert result.exit_code == 0, result.output
     assert asked == ["db.example.test"]
     assert f"web-db-{B}" in json.loads(result.output)["daemon"]["connections"]
+
+
+def test_explain_policies_the_daemon_cannot_apply_yet() -> None:
+    args = ["explain", SECURE, "--me", A, "--cert", "/c.pem", "--key", "/k.pem", "--src", A]
+    args += ["--dst", "192.0.2.1", "--proto", "icmp"]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert "passes in clear" in result.output and "All ICMP Traffic" in result.output
+    assert "today's daemon lacks: opportunistic, spd" in result.output
+    data = json.loads(_run(*args, "--json").output)
+    assert data["daemon_cannot_yet"] == ["opportunistic", "spd"]
+    strict = _run(*args, "--assume", "spd")
+    assert strict.exit_code != 0 and "not supported yet" in str(strict.exception)

@@ -117,7 +117,7 @@ def test_secure_server_orders_icmp_permit_before_protection() -> None:
         compile_policy(policy, CERT)
     assert info.value.key == "rules.All IP Traffic.filter_list"
     c = compile_policy(policy, CERT, capabilities=ALL_CAPABILITIES)
-    assert c.requires == {"opportunistic"}
+    assert c.requires == {"opportunistic", "spd"}
     assert [(e.action, e.direction) for e in c.spd] == [
         (Action.BYPASS, "both"), (Action.PROTECT, "both"),
     ]  # fmt: skip
@@ -164,7 +164,7 @@ def test_client_respond_only() -> None:
 def test_certificate_auth_needs_the_host_credentials() -> None:
     policy = example_policy("Web App Encrypt", auth="certificate: {ca: /etc/ca.pem}")
     with pytest.raises(ConfigError, match="certificate and private key") as info:
-        compile_policy(policy, HostContext((A,)))
+        compile_policy(policy, HostContext((A,)), capabilities=ALL_CAPABILITIES)
     assert info.value.key == "rules.Web - DB.authentication.0"
     c = compile_policy(policy, HostContext((A,), certificate="/c.pem", private_key="/k.pem"))
     assert c.psk_refs == {} and "secrets" not in c.daemon
@@ -206,7 +206,7 @@ rules:
 
 
 def test_specificity_decides_not_the_author() -> None:
-    c = compile_policy(_policy(MIXED, db=B), HostContext((A,)))
+    c = compile_policy(_policy(MIXED, db=B), HostContext((A,)), capabilities=ALL_CAPABILITIES)
     assert [e.name for e in c.spd] == ["database.1.1", "one-way.2.1", "local-subnet.3.1"]
     db, one_way, block = c.spd
     assert one_way.direction == "out" and one_way.action is Action.BYPASS
@@ -226,7 +226,9 @@ def test_specificity_decides_not_the_author() -> None:
 
 
 def test_one_way_filter_seen_from_the_destination() -> None:
-    c = compile_policy(_policy(MIXED, db=B), HostContext(("10.77.0.9",)))
+    c = compile_policy(
+        _policy(MIXED, db=B), HostContext(("10.77.0.9",)), capabilities=ALL_CAPABILITIES
+    )
     (one_way,) = [e for e in c.spd if c.origins[e.name].rule == "One way"]
     assert one_way.name == "one-way.2.1" and one_way.direction == "in"
     assert str(one_way.selector) == f"10.77.0.9/32 === {A}/32"
@@ -237,10 +239,10 @@ def test_one_way_filter_seen_from_the_destination() -> None:
 def test_dns_names_resolve_to_one_connection_per_address() -> None:
     policy = _policy(MIXED, db="db.example.test")
     resolver = {"db.example.test": ["10.77.0.2", "10.77.0.4"]}.__getitem__
-    c = compile_policy(policy, HostContext((A,)), resolver=resolver)
+    c = compile_policy(policy, HostContext((A,)), resolver=resolver, capabilities=ALL_CAPABILITIES)
     assert {"database-10.77.0.2", "database-10.77.0.4"} <= set(c.daemon["connections"])
     with pytest.raises(ConfigError, match="no resolver"):
-        compile_policy(policy, HostContext((A,)))
+        compile_policy(policy, HostContext((A,)), capabilities=ALL_CAPABILITIES)
 
 
 def test_ties_between_rules_are_errors() -> None:
@@ -409,3 +411,32 @@ def test_compiled_configs_bring_up_a_child_sa_between_two_daemons(tmp_path) -> N
         for daemon in daemons.values():
             daemon.close()
         loop.close()
+
+
+PROTECT_ONLY = """\
+name: Two databases
+filter_lists:
+  DB1: {{filters: [{{source: me, destination: 10.77.0.2, protocol: tcp, destination_port: 5432}}]}}
+  DB2: {{filters: [{{source: me, destination: 10.77.0.3}}]}}
+rules:
+  One: {{filter_list: DB1, filter_action: Integrity only, authentication: [{{psk: one}}]}}
+  Two: {{filter_list: DB2, filter_action: Integrity and Encryption,
+        authentication: [{{psk: two}}]}}
+"""
+
+
+def test_todays_daemon_gets_only_what_it_derives_itself() -> None:
+    ok = compile_policy(_policy(PROTECT_ONLY), HostContext((A,)))
+    assert ok.requires == frozenset() and len(ok.spd) == 2
+    assert set(ok.daemon["connections"]) == {"one-10.77.0.2", "two-10.77.0.3"}
+    cases = [
+        (MIXED.format(db=B), "BYPASS entry \\('Permit'\\)"),  # permit (one way) ranks 2nd
+        (PROTECT_ONLY.format().replace("10.77.0.3}]", "10.77.0.2}]"), "overlap"),
+        (PROTECT_ONLY.format().replace("10.77.0.3}]", "10.77.0.3, mirrored: false}]"),
+         "one-way \\(out\\)"),
+    ]  # fmt: skip
+    for text, words in cases:
+        with pytest.raises(ConfigError, match=words) as info:
+            compile_policy(load_policy_text(text, file="p.yaml"), HostContext((A,)))
+        assert info.value.file == "p.yaml" and info.value.line is not None
+        assert "not supported yet" in str(info.value)

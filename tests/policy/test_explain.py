@@ -49,7 +49,9 @@ LAYERED = textwrap.dedent(
 
 
 def _compiled(me: str = A):  # type: ignore[no-untyped-def]
-    return compile_policy(load_policy_text(LAYERED, file="l.yaml"), HostContext((me,)))
+    return compile_policy(
+        load_policy_text(LAYERED, file="l.yaml"), HostContext((me,)), capabilities=ALL_CAPABILITIES
+    )
 
 
 def test_protected_flow_names_rule_filter_and_losers() -> None:

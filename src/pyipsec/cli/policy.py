@@ -112,11 +112,22 @@ def explain_cmd(path: str, me: tuple[str, ...], cert: str | None, key: str | Non
     from pyipsec.policy.explain import explain, make_flow
 
     flow = make_flow(src, dst, proto, sport, dport)
-    result = explain(_compile(path, me, cert, key, secrets, assume), flow)
+    # Explain what the policy means even where today's daemon cannot apply it yet
+    # (unless --assume narrows the capabilities); say so when that is the case.
+    compiled = _compile(path, me, cert, key, secrets, assume or tuple(ALL_CAPABILITIES))
+    result = explain(compiled, flow)
+    missing = sorted(compiled.requires - set(assume))
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        click.echo(result.text())
+        data = result.to_dict()
+        data["daemon_cannot_yet"] = missing
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(result.text())
+    if missing:
+        click.echo(
+            "note: applying this policy needs daemon capabilities today's daemon lacks: "
+            + ", ".join(missing)
+        )
 
 
 def _firewall(entries: Any) -> list[dict[str, Any]]:

@@ -30,6 +30,10 @@ daemon of today uses :data:`DAEMON_CAPABILITIES` (none of them):
   (IKE towards each packet's destination);
 * ``unsecured_fallback``: ``allow_unsecured_fallback`` (clear text after failed IKE);
 * ``respond_only``: the default response rule (answer IKE from any host).
+* ``spd``: install the compiled SPD as it is (BYPASS and DISCARD entries from permit and
+  block rules, one-way entries, ``accept_unsecured``, overlapping entries whose order
+  matters). Without it the compiled SPD must equal what the daemon derives from its
+  connections: non-overlapping PROTECT entries for both directions.
 
 Never supported here yet: AH with ESP (SA bundles), several authentication methods on one
 rule, connection types lan/remote, master-key PFS.
@@ -66,7 +70,7 @@ __all__ = [
     "compile_policy",
 ]
 
-ALL_CAPABILITIES = frozenset({"opportunistic", "unsecured_fallback", "respond_only"})
+ALL_CAPABILITIES = frozenset({"opportunistic", "unsecured_fallback", "respond_only", "spd"})
 #: what ``pyipsec daemon`` can do today
 DAEMON_CAPABILITIES: frozenset[str] = frozenset()
 
@@ -76,6 +80,8 @@ _WHY = {
     "unsecured_fallback": "the daemon cannot fall back to clear text after failed "
     "negotiation yet; use accept_unsecured or a stricter filter action",
     "respond_only": "the daemon cannot answer IKE from arbitrary hosts (default response rule) yet",
+    "spd": "the daemon derives its SPD from its connections (PROTECT entries for both "
+    "directions, in no particular order) and cannot install this policy's SPD yet",
 }
 
 
@@ -160,6 +166,26 @@ class CompiledPolicy:
             value = secrets[ref]
             out[conn] = "0x" + value.hex() if isinstance(value, bytes) else str(value)
         return {"psk": out}
+
+
+def _selectors_overlap(a: Selector, b: Selector) -> bool:
+    """Whether some packet matches both selectors (same local/remote orientation)."""
+    if a.protocol is not None and b.protocol is not None and a.protocol != b.protocol:
+        return False
+
+    def meet(x: AddressRange, y: AddressRange) -> bool:
+        same_family = not x.version or not y.version or x.version == y.version
+        return same_family and x.start <= y.end and y.start <= x.end
+
+    def ports(x: PortRange, y: PortRange) -> bool:
+        return x.start <= y.end and y.start <= x.end
+
+    return (
+        meet(a.local, b.local)
+        and meet(a.remote, b.remote)
+        and ports(a.local_ports, b.local_ports)
+        and ports(a.remote_ports, b.remote_ports)
+    )
 
 
 def _slug(text: str) -> str:
@@ -481,6 +507,31 @@ class _Compiler:
         if action.allow_unsecured_fallback and protect is not None:
             self.fallbacks.append(Fallback(protect, action.fallback_seconds))
 
+    def check_daemon_spd(self) -> None:
+        """Without the ``spd`` capability the SPD must be what the daemon derives itself:
+        PROTECT entries for both directions that do not overlap (so order is moot)."""
+        for i, entry in enumerate(self.entries):
+            origin = self.origins[entry.name]
+            why = None
+            if entry.action is not Action.PROTECT:
+                why = f"a {entry.action.value.upper()} entry ({origin.filter_action.name!r})"
+            elif entry.direction != "both":
+                why = f"a one-way ({entry.direction}) PROTECT entry"
+            else:
+                for other in self.entries[:i]:
+                    if _selectors_overlap(other.selector, entry.selector):
+                        why = f"PROTECT entries that overlap ({other.name}, {entry.name})"
+                        break
+            if why is None:
+                continue
+            if "spd" not in self.capabilities:
+                f, rule = origin.filter.filter, origin.filter.rule
+                where, key = (
+                    (rule.where, "filter_list") if f.where.line is None else (f.where, None)
+                )
+                raise where.error(f"not supported yet: this needs {why}; {_WHY['spd']}", key)
+            self.requires.add("spd")
+
     def emit(self, entry: SpdEntry, origin: Origin) -> None:
         self.entries.append(entry)
         self.origins[entry.name] = origin
@@ -525,6 +576,7 @@ class _Compiler:
         for rank, rf in enumerate(ordered):
             self.add(rank, rf)
         self.default_response()
+        self.check_daemon_spd()
         daemon: dict[str, Any] = {}
         if self.psk_refs:
             daemon["secrets"] = self.host.secrets_file
