@@ -157,7 +157,7 @@ class Daemon:
         network: IkeNetwork,
         dataplane: Dataplane,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         wall_clock: Callable[[], float] = time.time,
         loop: asyncio.AbstractEventLoop | None = None,
         publish: Callable[[dict[str, Any]], None] | None = None,

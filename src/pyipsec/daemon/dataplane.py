@@ -114,7 +114,7 @@ def _sa_dict(event: ChildSaInstalled, direction: str) -> dict[str, Any]:
         "child": "",
         "direction": direction,
         "esn": event.esn,
-        "replay_window": 128 if inbound else 0,
+        "replay_window": 128 if inbound else 64,
     }
     if event.encap_udp:
         data["encap"] = "udp"
@@ -141,9 +141,12 @@ class LinuxDataplane:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    async def start_async(self) -> None:
+        """Start the service off the event loop (pyroute2's synchronous API runs an event
+        loop of its own and refuses to run inside ours), then listen to the workers."""
         self.service.state.policies = compile_policies(self.config)
-        self.service.start()
+        await self.loop.run_in_executor(None, self.service.start)
+        logging.getLogger("pyroute2").setLevel(logging.WARNING)
         for conn in self.service.event_conns:
             self.loop.add_reader(conn.fileno(), self._on_event, conn)
         self.hooks.send_4500(self.service.send_udp)

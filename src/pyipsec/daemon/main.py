@@ -99,6 +99,7 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stdout,
     )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 async def run(
@@ -185,9 +186,9 @@ async def run(
         start = getattr(network, "start", None)
         if start is not None:
             await start()
-        dp_start = getattr(dataplane, "start", None)
+        dp_start = getattr(dataplane, "start_async", None)
         if dp_start is not None:
-            dp_start()
+            await dp_start()
         await control.start()
         daemon.start()
         log.info(
