@@ -104,6 +104,7 @@ class Scenario:
         self.webapp: subprocess.Popen[bytes] | None = None
         self.daemons: dict[str, subprocess.Popen[bytes]] = {}
         self.sockets: dict[str, str] = {}
+        self.status_json: dict[str, str] = {}
 
     @property
     def a(self) -> str:
@@ -400,10 +401,25 @@ connections:
             checks.add(
                 f"phase 2: daemon on {label} stops cleanly on SIGTERM", code == 0, f"exit {code}"
             )
+        self.check_no_secret(checks, psk)
+
+    def check_no_secret(self, checks: Checks, psk: str) -> None:
+        """The PSK is in no daemon log and in no ``pyipsec status --json`` output."""
+        where = []
+        for label in ("server-a", "server-b"):
+            with open(self.lab.path(f"daemon-{label}.log"), errors="replace") as handle:
+                if psk in handle.read():
+                    where.append(f"daemon log of {label}")
+            if psk in self.status_json.get(label, ""):
+                where.append(f"status of {label}")
+        checks.add(
+            "phase 2: the PSK appears in no log or status output", not where, ", ".join(where)
+        )
 
     def check_status(self, checks: Checks, label: str) -> None:
         """An established IKE SA and an installed transport Child SA that carried traffic."""
         res = self.pyipsec(label, "status", "--json")
+        self.status_json[label] = res.stdout
         try:
             status = json.loads(res.stdout)
         except ValueError:
