@@ -26,9 +26,9 @@ def partial(pkt: bytes, l4: int, proto: int, off: int) -> bytes:
 
 
 @pytest.mark.parametrize("v", [4, 6])
-@pytest.mark.parametrize("size", [1, 1000, 5000, 2800])
+@pytest.mark.parametrize("size", [1, 1000, 5001, 2800, 4333])
 def test_tso_split_matches_per_segment_packets(v, size):
-    payload = bytes((i * 7) & 0xFF for i in range(size))
+    payload = bytes((i * 7 + 1) & 0xFF for i in range(size))
     mss = 1400
     if v == 4:
         ip = IP(src="10.0.0.1", dst="10.0.0.2", id=100, flags="DF")

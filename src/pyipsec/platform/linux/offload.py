@@ -73,43 +73,56 @@ def split(buf: bytes) -> list[bytes]:
         return [bytes(pkt)]
     if kind not in (GSO_TCPV4, GSO_TCPV6) or not gso_size:
         raise MalformedPacket(f"unsupported GSO type {gso_type}")
-    return _split_tcp(memoryview(buf)[VNET_HDR_LEN:], kind == GSO_TCPV4, gso_size, csum_start)
+    return _split_tcp(buf, kind == GSO_TCPV4, gso_size, csum_start)
 
 
-def _split_tcp(pkt: memoryview, v4: bool, mss: int, l4: int) -> list[bytes]:
-    """Segment a TCP super-packet; ``l4`` is the TCP header offset (csum_start)."""
-    n = len(pkt)
-    if l4 + 20 > n:
+def _split_tcp(buf: bytes, v4: bool, mss: int, l4: int) -> list[bytes]:
+    """Segment a TCP super-packet (``buf`` starts with the virtio header); ``l4`` is the
+    TCP header offset (csum_start) within the packet.
+
+    Per segment: one payload slice, one ones'-complement sum over it (the header words
+    are summed apart: both parts start at even offsets), one concatenation.
+    """
+    base = VNET_HDR_LEN
+    n = len(buf)
+    t = base + l4
+    if t + 20 > n:
         raise MalformedPacket("TSO packet without a TCP header")
-    thl = (pkt[l4 + 12] >> 4) * 4
-    hl = l4 + thl
-    if thl < 20 or hl > n:
+    thl = (buf[t + 12] >> 4) * 4
+    h = t + thl
+    if thl < 20 or h > n:
         raise MalformedPacket("bad TCP header length in a TSO packet")
-    iph = bytes(pkt[:l4])
-    tcph = bytes(pkt[l4:hl])
-    seq0 = _I.unpack_from(tcph, 4)[0]
-    flags0 = tcph[13]
-    ip_id = _H.unpack_from(iph, 4)[0] if v4 else 0
+    ip = bytearray(buf[base:t])
+    th = bytearray(buf[t:h])
+    seq0 = _I.unpack_from(th, 4)[0]
+    flags0 = th[13]
+    th[16] = th[17] = 0
+    ip_id = _H.unpack_from(ip, 4)[0] if v4 else 0
+    if v4:
+        ip[10] = ip[11] = 0
+        addr_sum = int.from_bytes(ip[12:20], "big") + 6
+    else:
+        addr_sum = int.from_bytes(ip[8:40], "big") + 6
     ext = l4 - 40  # IPv6 extension headers before TCP
+    pack_h = _H.pack_into
+    pack_i = _I.pack_into
+    from_bytes = int.from_bytes
     out: list[bytes] = []
-    total = n - hl
-    off = 0
+    off = h
     i = 0
-    while off < total:
-        seg = pkt[hl + off : hl + off + mss]
-        last = off + mss >= total
+    while off < n:
+        seg = buf[off : off + mss]
         ln = len(seg)
-        ip = bytearray(iph)
+        last = off + mss >= n
         if v4:
-            _H.pack_into(ip, 2, l4 + thl + ln)
-            _H.pack_into(ip, 4, (ip_id + i) & 0xFFFF)
-            ip[10] = ip[11] = 0
-            s = int.from_bytes(ip, "big") % 0xFFFF
-            _H.pack_into(ip, 10, ~s & 0xFFFF if s else 0)
+            pack_h(ip, 2, l4 + thl + ln)
+            pack_h(ip, 4, (ip_id + i) & 0xFFFF)
+            pack_h(ip, 10, 0)
+            s = from_bytes(ip, "big") % 0xFFFF
+            pack_h(ip, 10, ~s & 0xFFFF if s else 0)
         else:
-            _H.pack_into(ip, 4, ext + thl + ln)
-        th = bytearray(tcph)
-        _I.pack_into(th, 4, (seq0 + off) & 0xFFFFFFFF)
+            pack_h(ip, 4, ext + thl + ln)
+        pack_i(th, 4, (seq0 + off - h) & 0xFFFFFFFF)
         f = flags0
         if not last:
             f &= ~0x09  # FIN, PSH only on the last segment
@@ -117,9 +130,10 @@ def _split_tcp(pkt: memoryview, v4: bool, mss: int, l4: int) -> list[bytes]:
             f &= ~0x80  # CWR only on the first
         th[13] = f
         th[16] = th[17] = 0
-        s = ones_complement_sum(bytes(th) + seg, _pseudo(ip, v4, thl + ln) % 0xFFFF)
-        _H.pack_into(th, 16, ~s & 0xFFFF)
-        out.append(bytes(ip) + bytes(th) + bytes(seg))
+        body = from_bytes(seg + b"\0", "big") if ln & 1 else from_bytes(seg, "big")
+        s = (body + from_bytes(th, "big") + addr_sum + thl + ln) % 0xFFFF
+        pack_h(th, 16, ~s & 0xFFFF if s else 0)
+        out.append(bytes(ip) + th + seg)
         off += mss
         i += 1
     return out
