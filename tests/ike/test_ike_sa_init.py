@@ -4,6 +4,8 @@ INVALID_KE_PAYLOAD, notifies announced, bad requests answered without state."""
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ike.harness import A_ADDR, B_ADDR, Pair, peer_config
 from pyipsec.ike.config import ChildConfig
@@ -280,3 +282,45 @@ def test_cookie_retry_keeps_nonce_and_ke():
     first, second = [pull_message(d) for d, dst in log if dst == B_ADDR and d[18] == 34][:2]
     assert first.payloads == second.payloads[1:]  # COOKIE first, the rest unchanged
     assert second.payloads[0].notify_type == NotifyType.COOKIE
+
+
+def _init_response():
+    p = Pair(seed=4)
+    log = []
+    p.net.tamper = lambda data, dst: (log.append((data, dst)), data)[1]
+    p.a.initiate(p.a_peer, p.a_peer.children[0], p.now)
+    p.advance(0.05)
+    return next(d for d, dst in log if dst == A_ADDR)
+
+
+RESPONSE = _init_response()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    cuts=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=4),
+    trunc=st.integers(min_value=0, max_value=400),
+)
+def test_mutated_init_responses_never_crash_the_initiator(cuts, trunc):
+    p = Pair(seed=4)
+    p.net.tamper = lambda data, dst: None  # b never answers by itself
+    p.a.initiate(p.a_peer, p.a_peer.children[0], p.now)
+    p.flush()
+    data = bytearray(RESPONSE)
+    for pos, val in cuts:
+        data[pos % len(data)] = val
+    data = bytes(data[: trunc or len(data)])
+    p.a.receive_datagram(data, B_ADDR, p.now)  # must not raise
+    p.flush()
+    st_a = p.a.statistics()
+    assert st_a.ike_sas <= 1 and st_a.established == 0
+
+
+def test_captured_init_response_is_accepted_unmutated():
+    """The fuzz test above really reaches response processing (same SPIs, same nonce)."""
+    p = Pair(seed=4)
+    p.net.tamper = lambda data, dst: None
+    p.a.initiate(p.a_peer, p.a_peer.children[0], p.now)
+    p.flush()
+    p.a.receive_datagram(RESPONSE, B_ADDR, p.now)
+    assert p.a.ike_sas()[0].state == "auth_sent"
