@@ -324,3 +324,29 @@ def test_captured_init_response_is_accepted_unmutated():
     p.flush()
     p.a.receive_datagram(RESPONSE, B_ADDR, p.now)
     assert p.a.ike_sas()[0].state == "auth_sent"
+
+
+def _init_request():
+    p = Pair(seed=4)
+    ((req, _),) = capture_init(p)
+    return req
+
+
+REQUEST = _init_request()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    cuts=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=4),
+    trunc=st.integers(min_value=0, max_value=400),
+)
+def test_mutated_init_requests_never_crash_the_responder(cuts, trunc):
+    p = Pair(seed=4)
+    data = bytearray(REQUEST)
+    for pos, val in cuts:
+        data[pos % len(data)] = val
+    data = bytes(data[: trunc or len(data)])
+    p.b.receive_datagram(data, A_ADDR, p.now)  # must not raise
+    for out, _ in p.b.datagrams_to_send(p.now):
+        assert pull_message(out).exchange_type == ExchangeType.IKE_SA_INIT
+    assert p.b.statistics().ike_sas <= 1 and p.b.statistics().established == 0
