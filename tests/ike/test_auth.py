@@ -157,3 +157,15 @@ def test_psk_vs_pubkey_mismatch(pki):
     )
     p = Pair(a, start=START)
     failed_both(p)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fragmented_certificate_auth_over_lossy_network(pki, seed):
+    from ike.harness import Network
+
+    p = make_pair(pki, "rsa2048", "rsa2048", fragment_size=600)
+    p.net = Network(seed=seed, drop=0.1, dup=0.1, reorder=0.1, delay=0.1)
+    p.connect(max_time=300)
+    assert p.a.statistics().counter("fragmented_messages") >= 1
+    (ca,), (cb,) = p.of("a", ChildSaInstalled), p.of("b", ChildSaInstalled)
+    assert ca.inbound_key == cb.outbound_key
