@@ -88,6 +88,11 @@ def test_manual_keying_through_the_cli(tmp_path):
         assert KEY_AB not in listing and KEY_BA not in listing
         assert "packets_out=" in listing
         assert KEY_AB in cli(a, "sa", "list", "--show-keys").stdout.decode()
+        stats = cli(a, "sa", "stats").stdout.decode()
+        assert "outbound: packets_read=" in stats and "acquires=1" in stats
+        assert "kernel ab/out:" in stats
+        assert os.stat(ctl[a.ns]).st_mode & 0o777 == 0o600
+        assert os.stat(os.path.dirname(ctl[a.ns])).st_mode & 0o077 == 0
         # duplicate SPI refused
         res = cli(a, *sa_ab, "--algorithm", "aes128gcm16", "--key", KEY_AB, check=False)
         assert res.returncode == 1 and b"exists" in res.stderr

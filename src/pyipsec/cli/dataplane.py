@@ -131,6 +131,29 @@ def sa_list(control_path: str | None, as_json: bool, show_keys: bool) -> None:
             click.echo(f"    key {s['key']}")
 
 
+@sa.command("stats")
+@control_option
+@json_option
+def sa_stats(control_path: str | None, as_json: bool) -> None:
+    """Data plane counters: packets, drops by reason (unknown SPI, replay, ICV...),
+    acquires, TUN and kernel rule counters."""
+    result = _client(control_path).call("stats")
+    if as_json:
+        _echo_json(result)
+        return
+    for name in ("outbound", "inbound"):
+        pipe = dict(result[name]["pipeline"])
+        errors = dict(pipe.pop("errors", []))
+        line = " ".join(f"{k}={v}" for k, v in pipe.items())
+        click.echo(f"{name}: {line}")
+        if errors:
+            click.echo("    drops: " + " ".join(f"{k}={v}" for k, v in sorted(errors.items())))
+        tun = result[name].get("tun") or {}
+        click.echo("    tun: " + " ".join(f"{k}={v}" for k, v in tun.items() if v))
+    for rule, (packets, nbytes) in sorted(result.get("kernel", {}).items()):
+        click.echo(f"kernel {rule}: {packets} packets {nbytes} bytes")
+
+
 # --------------------------------------------------------------------------- policies
 
 

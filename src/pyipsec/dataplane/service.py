@@ -220,6 +220,7 @@ class Service:
 
     def _open_control(self) -> None:
         os.makedirs(os.path.dirname(self.control_path), mode=0o700, exist_ok=True)
+        os.chmod(os.path.dirname(self.control_path), 0o700)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
