@@ -44,7 +44,7 @@ from pyipsec.ipsec.lifetime import (
 from pyipsec.ipsec.replay import ReplayWindow
 from pyipsec.ipsec.stats import ERROR_COUNTERS, SaStatistics
 from pyipsec.wire.flow import Flow
-from pyipsec.wire.ip import parse_flow
+from pyipsec.wire.ip import ipv4_header_checksum, parse_flow
 
 _log = logging.getLogger(__name__)
 _II = struct.Struct("!II")
@@ -54,6 +54,12 @@ _INF = float("inf")
 _FAST4 = struct.Struct("!2xH2xH1xB10xII")
 _HEAD4 = struct.Struct("!BBHHHBBH4s4sIIQ")  # outer IPv4, ESP header, 8-byte counter IV
 _NONCE = struct.Struct("!4sQ")  # RFC 4106 section 4: salt || IV
+_HEAD4U = struct.Struct("!BBHHHBBH4s4sHHHHIIQ")  # outer IPv4, UDP (RFC 3948), ESP, IV
+_ESPIV = struct.Struct("!IIQ")  # ESP header + counter IV
+_UDPESP = struct.Struct("!H2xII")  # UDP length, (checksum), SPI, sequence
+_PADDING = bytes(range(1, 256))
+# transport trailers for 4-byte alignment, by next header and pad length
+_TRAIL = [[_PADDING[:pad] + bytes((pad, nh)) for pad in range(4)] for nh in range(256)]
 # RFC 4303 section 2.4 trailers (default padding, pad length, next header 4 / 41)
 _TRAILER4 = [bytes(range(1, n + 1)) + bytes((n, 4)) for n in range(256)]
 _TRAILER6 = [bytes(range(1, n + 1)) + bytes((n, 41)) for n in range(256)]
@@ -182,21 +188,25 @@ class SecurityAssociation:
         self._deadline = _INF  # next time limit (soft or hard) to check, see check_lifetime
         self._set_deadline()
         proc = self._proc
-        self._fast_in = (
-            isinstance(proc, EspProcessor) and proc.fast and proc.tunnel and self._replay.size > 0
-        )
+        # AEAD (16-byte ICV), no ESN: the inline hot paths below apply
+        self._fast_in = isinstance(proc, EspProcessor) and proc.fast
+        self._tunnel = mode == "tunnel"
         if self._fast_in:
             self._adec = proc.aead_decrypt
-            self._salt = proc.salt
-        # outbound hot path: AEAD tunnel over IPv4 without NAT-T or TFC, IPv4 inner packets
-        self._fast_out = (
-            self._fast_in and not proc.encap and not proc.tfc and src is not None and len(src) == 4
-        )
-        if self._fast_out:
             self._aenc = proc.aead_encrypt
-            self._csum_base = proc._csum_base
-            self._src4, self._dst4 = src, dst
-            self._tr4 = proc._tr4
+            self._salt = proc.salt
+        # outbound: 1 = tunnel over IPv4, 2 = the same in UDP (NAT-T), 3 = transport
+        # (IPv4 inner packets without options); 0 = the general path only
+        self._fast_out = 0
+        if self._fast_in and not proc.tfc:
+            if self._tunnel and len(src) == 4:
+                self._fast_out = 2 if proc.encap else 1
+                self._csum_base = proc._csum_base
+                self._src4, self._dst4 = src, dst
+                self._tr4 = proc._tr4
+                self._ports = (encap_sport, encap_dport)
+            elif not self._tunnel and not proc.encap:
+                self._fast_out = 3
 
     def __repr__(self) -> str:
         return (
@@ -280,29 +290,83 @@ class SecurityAssociation:
             return self._encapsulate_checked(ip_packet, now)
         p = ip_packet
         n = len(p)
-        if self._fast_out and n >= 20 and p[0] == 0x45 and _H.unpack_from(p, 2)[0] == n:
-            # inline EspProcessor._encapsulate_fast4 for an IPv4 inner packet
-            tos = p[1]
-            pad = -(n + 2) & 3
-            total = n + pad + 54
-            ident = seq & 0xFFFF
-            c = (self._csum_base + tos + total + ident) % 0xFFFF
-            head = _HEAD4.pack(
-                0x45,
-                tos,
-                total,
-                ident,
-                0,
-                64,
-                50,
-                (~c & 0xFFFF) if c else 0,
-                self._src4,
-                self._dst4,
-                self.spi,
-                seq,
-                seq,
-            )
-            out = head + self._aenc(_NONCE.pack(self._salt, seq), p + self._tr4[pad], head[20:28])
+        fast = self._fast_out
+        if fast and n >= 20 and p[0] == 0x45 and _H.unpack_from(p, 2)[0] == n:
+            if fast == 1:  # tunnel: new outer IPv4 header, ESP header, counter IV
+                tos = p[1]
+                pad = -(n + 2) & 3
+                total = n + pad + 54
+                ident = seq & 0xFFFF
+                c = (self._csum_base + tos + total + ident) % 0xFFFF
+                head = _HEAD4.pack(
+                    0x45,
+                    tos,
+                    total,
+                    ident,
+                    0,
+                    64,
+                    50,
+                    (~c & 0xFFFF) if c else 0,
+                    self._src4,
+                    self._dst4,
+                    self.spi,
+                    seq,
+                    seq,
+                )
+                out = head + self._aenc(
+                    _NONCE.pack(self._salt, seq), p + self._tr4[pad], head[20:28]
+                )
+            elif fast == 2:  # tunnel in UDP (RFC 3948: IPv4 UDP checksum zero)
+                tos = p[1]
+                pad = -(n + 2) & 3
+                total = n + pad + 62
+                ident = seq & 0xFFFF
+                c = (self._csum_base + tos + total + ident) % 0xFFFF
+                sport, dport = self._ports
+                head = _HEAD4U.pack(
+                    0x45,
+                    tos,
+                    total,
+                    ident,
+                    0,
+                    64,
+                    17,
+                    (~c & 0xFFFF) if c else 0,
+                    self._src4,
+                    self._dst4,
+                    sport,
+                    dport,
+                    total - 20,
+                    0,
+                    self.spi,
+                    seq,
+                    seq,
+                )
+                out = head + self._aenc(
+                    _NONCE.pack(self._salt, seq), p + self._tr4[pad], head[28:36]
+                )
+            elif _H.unpack_from(p, 6)[0] & 0x3FFF:
+                return self._encapsulate_checked(p, now)  # fragment: the general path says no
+            else:  # transport: the IP header stays, ESP goes after it
+                pl = n - 20
+                pad = -(pl + 2) & 3
+                h = bytearray(p[:20])
+                h[9] = 50
+                _H.pack_into(h, 2, n + pad + 34)
+                h[10] = h[11] = 0
+                _H.pack_into(h, 10, ipv4_header_checksum(h))
+                esp = _ESPIV.pack(self.spi, seq, seq)
+                out = b"".join(
+                    (
+                        h,
+                        esp,
+                        self._aenc(
+                            _NONCE.pack(self._salt, seq),
+                            p[20:] + _TRAIL[p[9]][pad],
+                            esp[:8],
+                        ),
+                    )
+                )
             self._seq = seq
             self.packets_out = po = self.packets_out + 1
             self.bytes_out = bo = self.bytes_out + n
@@ -385,9 +449,17 @@ class SecurityAssociation:
             n = len(p)
             if n >= 56 and p[0] == 0x45:  # IPv4 without options
                 total, frag, proto, spi, seq = _FAST4.unpack_from(p)
-                ok = total == n and not frag & 0x3FFF and proto == 50
+                ok = total == n and not frag & 0x3FFF
                 off = 20
-            elif n >= 76 and p[0] >> 4 == 6 and p[6] == 50:
+                if proto == 17 and self._tunnel and n >= 64:  # ESP in UDP
+                    ulen, spi, seq = _UDPESP.unpack_from(p, 24)
+                    ok = ok and ulen == n - 20
+                    off = 28
+                elif proto != 50:
+                    ok = False
+                if ok and not self._tunnel:
+                    return self._decapsulate_transport4(p, n, spi, seq, now)
+            elif n >= 76 and p[0] >> 4 == 6 and p[6] == 50 and self._tunnel:
                 spi, seq = _II.unpack_from(p, 40)
                 ok = _H.unpack_from(p, 4)[0] + 40 == n
                 off = 40
@@ -438,6 +510,45 @@ class SecurityAssociation:
                             self._fail(e)
                             raise
         return self._decapsulate_slow(p, now)
+
+    def _decapsulate_transport4(
+        self, p: bytes, n: int, spi: int, seq: int, now: float | None
+    ) -> bytes:
+        """Hot path of transport-mode ESP over IPv4 (no options, no NAT-T)."""
+        replay = self._replay
+        if spi != self.spi or seq <= replay.top:
+            return self._decapsulate_slow(p, now)
+        try:
+            pt = self._adec(self._salt + p[28:36], p[36:], p[20:28])
+        except InvalidTag:
+            e = IntegrityError("ESP ICV verification failed")
+            self._fail(e)
+            raise e from None
+        ln = len(pt)
+        pad = pt[-2]
+        end = ln - 2 - pad
+        nh = pt[-1]
+        if end < 0 or nh == 59 or (pad and pt[end : ln - 2] != _PADDING[:pad]):
+            return self._decapsulate_slow(p, now)  # counts and raises the right error
+        h = bytearray(p[:20])
+        h[9] = nh
+        _H.pack_into(h, 2, 20 + end)
+        h[10] = h[11] = 0
+        _H.pack_into(h, 10, ipv4_header_checksum(h))
+        inner = b"".join((h, pt[:end]))
+        if self.selectors is not None:
+            try:
+                return self._accept(seq, inner, now)
+            except PacketError as e:
+                self._fail(e)
+                raise
+        replay.update(seq)
+        self.packets_in = pi = self.packets_in + 1
+        self.bytes_in = bi = self.bytes_in + len(inner)
+        life = self._life
+        if pi >= life.next_packets or bi >= life.next_bytes:
+            self._limits(life.over(pi, bi), self._now if now is None else now)
+        return inner
 
     def _decapsulate_slow(self, ip_packet: bytes, now: float | None) -> bytes:
         """The general decapsulation path: every check, every error counted."""
