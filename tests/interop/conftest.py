@@ -97,10 +97,11 @@ class InteropRun:
         self.drivers.append(driver)
         return driver
 
-    def save(self) -> Path:
+    def save(self, failure: str = "") -> Path:
         target = RESULTS / self.name
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, exist_ok=True)
+        (target / "failure.txt").write_text(failure)
         for charon in self.charons:
             try:
                 charon.save_artifacts(target)
@@ -133,7 +134,7 @@ def interop(request: pytest.FixtureRequest, tmp_path: Path):
         stop_process(proc)
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        run.save()
+        run.save(rep.longreprtext[-20000:])
     for driver in run.drivers:
         driver.close()
     for charon in run.charons:

@@ -367,13 +367,16 @@ def test_simultaneous_child_rekey(side: str, topo, interop) -> None:
     charon, drv = start(interop, topo, charon_conn(), psks, peer)
     up, inst, ike, child = establish(side, charon, drv, peer)
 
+    holding = threading.Event()
+
     def held_rekey(ep, now):  # runs on pyipsec's loop thread: nothing is received meanwhile
+        holding.set()
         time.sleep(1.0)
         ep.rekey_child(up.ike_sa, "t-c", time.time())
 
     hold = threading.Thread(target=drv.call, args=(held_rekey,))
     hold.start()
-    time.sleep(0.2)  # the loop is now asleep
+    assert holding.wait(5)  # the loop is now asleep
     vici_rekey(charon, child="t-c")  # its CREATE_CHILD_SA waits in pyipsec's socket
     hold.join()
     ev = drv.wait_event(ChildSaRekeyed, timeout=15)
