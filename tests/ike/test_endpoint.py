@@ -421,3 +421,22 @@ def test_ipv6_handshake_transport_and_tunnel():
     )
     q.connect()
     assert str(installed(q, "a")[0].remote_ts[0]) == "2001:db8:2::/48"
+
+
+def test_unknown_own_addresses_still_negotiate_transport_mode():
+    """Both endpoints bound to the wildcard without a configured local address: "dynamic"
+    selectors still come out as the two real host addresses."""
+    from pyipsec.ike.config import EndpointConfig
+    from pyipsec.ike.endpoint import IkeEndpoint
+
+    p = Pair()
+    p.a = IkeEndpoint(EndpointConfig(peers=(p.a_peer,)))  # local_addr 0.0.0.0
+    p.b = IkeEndpoint(EndpointConfig(peers=(p.b_peer,)))
+    orig = p.b.receive_datagram
+    p.b.receive_datagram = lambda d, a, n, local_addr=None: orig(d, a, n, local_addr=("", 500))
+    p.connect()
+    (ca,), (cb,) = installed(p, "a"), installed(p, "b")
+    assert_pair_matches(ca, cb)
+    assert [str(t) for t in ca.local_ts] == ["192.0.2.1"]
+    assert [str(t) for t in ca.remote_ts] == ["192.0.2.2"]
+    assert not ca.encap_udp and not cb.encap_udp

@@ -120,7 +120,14 @@ def host_ts(addr: str | IPAddress) -> TsRange:
 
 
 def resolve(configured: tuple[TsRange | None, ...], own_addr: str) -> list[TsRange]:
-    """Replace ``None`` (dynamic) by the host selector of ``own_addr``."""
+    """Replace ``None`` (dynamic) by the host selector of ``own_addr``.
+
+    An unknown address (``0.0.0.0``/``::``, e.g. a socket bound to the wildcard) becomes
+    "any address of that family": as initiator the responder narrows it to the address it
+    sees, as responder it accepts the address the initiator proposes for us."""
+    if own_addr in ("0.0.0.0", "::", ""):
+        wild = any_ts(6 if own_addr == "::" else 4)
+        return [wild if ts is None else ts for ts in configured]
     return [host_ts(own_addr) if ts is None else ts for ts in configured]
 
 

@@ -65,11 +65,17 @@ def _packed(ip: str) -> bytes:
 
 
 def common_notifies(sa: IkeSa, spi_r: bytes, want_intermediate: bool) -> list[Any]:
-    """NAT-D, fragmentation, signature hash and intermediate support notifies."""
-    out = [
-        notify(NotifyType.NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, spi_r, sa.local_addr)),
-        notify(NotifyType.NAT_DETECTION_DESTINATION_IP, nat_hash(sa.spi_i, spi_r, sa.remote_addr)),
-    ]
+    """NAT-D, fragmentation, signature hash and intermediate support notifies.
+
+    Without a known own address (wildcard socket, nothing configured) no source hash is
+    sent: a wrong one would make the peer believe we are behind a NAT."""
+    out = []
+    if sa.local_addr[0] not in ("0.0.0.0", "::"):
+        src = nat_hash(sa.spi_i, spi_r, sa.local_addr)
+        out.append(notify(NotifyType.NAT_DETECTION_SOURCE_IP, src))
+    out.append(
+        notify(NotifyType.NAT_DETECTION_DESTINATION_IP, nat_hash(sa.spi_i, spi_r, sa.remote_addr))
+    )
     if sa.peer is not None and sa.peer.fragment_size:
         out.append(notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
     out.append(
