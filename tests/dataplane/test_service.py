@@ -398,3 +398,46 @@ def test_discard_blocks_both_directions_bypass_passes(topo, dps):
     check_wire(topo, frames, allow_udp={7777, 5555, 5556})
     counters = dps.call(topo.a, "stats")["kernel"]
     assert counters["blocked/out"][0] >= 3 and counters["blocked/in"][0] >= 3
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def test_tunnel_gateway_protects_forwarded_subnet(topo, dps):
+    """B is a security gateway for C's subnet: C <-> A is tunnelled between B and A."""
+    a4, b4 = topo.a.addr4, topo.b.addr4
+    c_net = "10.99.2.0/24"
+    key = {1: keyhex("aes128gcm16", "esp", 1), 2: keyhex("aes128gcm16", "esp", 2)}
+    sas = [
+        {"spi": 0x3001, "src": a4, "dst": b4, "mode": "tunnel", "algorithm": "aes128gcm16",
+         "key": key[1], "child": "gw"},
+        {"spi": 0x3002, "src": b4, "dst": a4, "mode": "tunnel", "algorithm": "aes128gcm16",
+         "key": key[2], "child": "gw"},
+    ]  # fmt: skip
+    fa = {"sas": sas, "policies": [{"name": "gw", "local": a4, "remote": c_net,
+                                    "action": "protect"}]}  # fmt: skip
+    fb = {"sas": sas, "policies": [{"name": "gw", "local": c_net, "remote": a4,
+                                    "action": "protect"}]}  # fmt: skip
+    topo.b.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    try:
+        dps.start(topo.a, fa)
+        dps.start(topo.b, fb)
+        cap = topo.capture(topo.b, "eth0", "", snaplen=192)
+        assert topo.c.ping(a4, count=2)
+        xfer = start_transfer(topo.a, topo.c, a4, 4 * 1024 * 1024, marker=MARKER)
+        sent, received = xfer.wait()
+        frames = cap.stop_raw()
+        assert sent == received
+        marker = MARKER.encode()
+        esp = 0
+        for f in frames:
+            info = ip_of_frame(f)
+            if not info or info[0] != 4:
+                continue
+            assert marker not in f
+            assert info[3] == 50 or topo.c.addr4 not in (info[1], info[2]), info[:5]
+            esp += info[3] == 50
+        assert esp > 100
+        assert dps.call(topo.b, "stats")["outbound"]["pipeline"]["packets_sent"] > 100
+    finally:
+        topo.b.run("sysctl", "-qw", "net.ipv4.ip_forward=0")
