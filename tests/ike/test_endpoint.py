@@ -440,3 +440,4 @@ def test_unknown_own_addresses_still_negotiate_transport_mode():
     assert [str(t) for t in ca.local_ts] == ["192.0.2.1"]
     assert [str(t) for t in ca.remote_ts] == ["192.0.2.2"]
     assert not ca.encap_udp and not cb.encap_udp
+    assert ca.local_addr == "192.0.2.1" and cb.local_addr == "192.0.2.2"

@@ -12,7 +12,6 @@ dropped without any state change.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyipsec.errors import MalformedPacket, PacketError, ProtocolError, PyipsecError, StateError
@@ -28,6 +27,7 @@ from pyipsec.ike.events import (
 from pyipsec.ike.exchanges import Task, notify
 from pyipsec.ike.retransmit import Retransmitter
 from pyipsec.ike.state import IkeState, ike_allows, ike_transition
+from pyipsec.ike.stats import IkeSaStatistics
 from pyipsec.wire.iana import ExchangeType, NotifyType, ProtocolId
 from pyipsec.wire.ike import (
     DeletePayload,
@@ -48,31 +48,6 @@ if TYPE_CHECKING:
     from pyipsec.ike.proposals import Chosen
 
 ROLE = {True: "initiator", False: "responder"}
-
-
-@dataclass(frozen=True, slots=True)
-class IkeSaStatistics:
-    """Snapshot of one IKE SA (what "Main Mode" monitors show)."""
-
-    handle: int
-    peer: str
-    state: str
-    initiator: bool
-    spi_i: str
-    spi_r: str
-    local_addr: tuple[str, int]
-    remote_addr: tuple[str, int]
-    proposal: str
-    local_id: str
-    remote_id: str
-    established_at: float | None
-    rekey_at: float | None
-    expire_at: float | None
-    children: int
-    messages_in: int
-    messages_out: int
-    retransmits: int
-    dropped: int
 
 
 class IkeSa:
@@ -297,12 +272,15 @@ class IkeSa:
         self.messages_in += 1
         self.last_recv = now
         self.dpd_queued = False
+        known = local_addr is not None and local_addr[0] not in ("", "0.0.0.0", "::")
         if self.nat_local or self.nat_remote:
             # authenticated message from a new NAT mapping / on the NAT-T port (2.23)
             self.remote_addr = addr
             if local_addr is not None:
-                ip = local_addr[0] if local_addr[0] not in ("", "0.0.0.0", "::") else None
-                self.local_addr = (ip or self.local_addr[0], local_addr[1])
+                ip = local_addr[0] if known else self.local_addr[0]
+                self.local_addr = (ip, local_addr[1])
+        elif known and self.local_addr[0] in ("0.0.0.0", "::") and local_addr is not None:
+            self.local_addr = (local_addr[0], self.local_addr[1])  # learnt our address
         if header.response:
             task = self.pending
             self.pending = None

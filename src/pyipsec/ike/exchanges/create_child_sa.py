@@ -161,7 +161,7 @@ def _install(
         child.installed_event(
             sa.handle,
             encap_udp=sa.nat_local or sa.nat_remote or sa.endpoint._force_encap(sa),
-            local_addr=sa.local_addr[0],
+            local_addr=_own_address(sa, tsl),
             remote_addr=sa.remote_addr[0],
             rekeyed_from=rekey_of.outbound_spi if rekey_of else None,
         )
@@ -169,6 +169,19 @@ def _install(
     if rekey_of is not None:
         _rekeyed(sa, rekey_of, child, now)
     return child
+
+
+def _own_address(sa: IkeSa, local_ts: list[TsRange]) -> str:
+    """Our address for the data plane; when the socket layer never told us (wildcard), the
+    negotiated host selector of a transport-mode SA names it."""
+    ip = sa.local_addr[0]
+    if (
+        ip in ("0.0.0.0", "::")
+        and len(local_ts) == 1
+        and local_ts[0].start_addr == local_ts[0].end_addr
+    ):
+        return str(local_ts[0].start_addr)
+    return ip
 
 
 def _rekeyed(sa: IkeSa, old: ChildSa, new: ChildSa, now: float) -> None:
