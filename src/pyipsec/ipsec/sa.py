@@ -131,16 +131,8 @@ class SecurityAssociation:
         self.protocol = protocol
         self.mode = mode
         self.algorithm = alg.name
-        self.tunnel_src = (
-            tunnel_src
-            if not isinstance(tunnel_src, bytes)
-            else str(ipaddress.ip_address(tunnel_src))
-        )
-        self.tunnel_dst = (
-            tunnel_dst
-            if not isinstance(tunnel_dst, bytes)
-            else str(ipaddress.ip_address(tunnel_dst))
-        )
+        self.tunnel_src = str(ipaddress.ip_address(src)) if src is not None else None
+        self.tunnel_dst = str(ipaddress.ip_address(dst)) if dst is not None else None
         self.esn = esn
         self.encap = encap
         self.selectors = selectors
@@ -148,30 +140,15 @@ class SecurityAssociation:
         if alg.weak:
             _log.warning("SA %#010x uses legacy algorithm %s (weak)", spi, alg.name)
         self._alg = alg
+        common = dict(tunnel=mode == "tunnel", esn=esn, tunnel_src=src, tunnel_dst=dst)
+        self._proc: EspProcessor | AhProcessor
         if protocol == "esp":
-            self._proc: EspProcessor | AhProcessor = EspProcessor(
-                spi,
-                alg,
-                bytes(key),
-                tunnel=mode == "tunnel",
-                esn=esn,
-                tunnel_src=src,
-                tunnel_dst=dst,
-                encap=encap == "udp",
-                encap_sport=encap_sport,
-                encap_dport=encap_dport,
-                tfc=tfc_padding,
-            )
+            self._proc = EspProcessor(
+                spi, alg, bytes(key), encap=encap == "udp", encap_sport=encap_sport,
+                encap_dport=encap_dport, tfc=tfc_padding, **common,
+            )  # fmt: skip
         else:
-            self._proc = AhProcessor(
-                spi,
-                alg,
-                bytes(key),
-                tunnel=mode == "tunnel",
-                esn=esn,
-                tunnel_src=src,
-                tunnel_dst=dst,
-            )
+            self._proc = AhProcessor(spi, alg, bytes(key), **common)
         self._replay = ReplayWindow(replay_window, esn)
         self._seq_max = (1 << 64) - 1 if esn else (1 << 32) - 1
         self._seq = 0
