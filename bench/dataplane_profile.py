@@ -130,70 +130,71 @@ def main(argv: list[str] | None = None) -> int:
     keys = {"ab": os.urandom(20), "ba": os.urandom(20)}
     src, dst = (tb.INNER_A, tb.INNER_B) if args.mode == "tunnel" else (tb.OUTER_A, tb.OUTER_B)
     files: list[Path] = []
-    try:
-        with tb.netns_pair(), contextlib.ExitStack() as stack:
-            procs: dict[str, subprocess.Popen] = {}
-            for side, ns in (("a", tb.NS_A), ("b", tb.NS_B)):
-                path = out / f"static-{args.mode}-{side}.yaml"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(tb.pyipsec_static_yaml(side, args.mode, keys))
-                log = open(out / f"pyipsec-{args.mode}-{side}.log", "wb")  # noqa: SIM115
-                stack.callback(log.close)
-                proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, tb.PYIPSEC, "dataplane", "--static", str(path)],
-                    stdout=log,
+    with tb.bench_lock():  # before touching pyi-ba / pyi-bb
+        try:
+            with tb.netns_pair(), contextlib.ExitStack() as stack:
+                procs: dict[str, subprocess.Popen] = {}
+                for side, ns in (("a", tb.NS_A), ("b", tb.NS_B)):
+                    path = out / f"static-{args.mode}-{side}.yaml"
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(tb.pyipsec_static_yaml(side, args.mode, keys))
+                    log = open(out / f"pyipsec-{args.mode}-{side}.log", "wb")  # noqa: SIM115
+                    stack.callback(log.close)
+                    proc = subprocess.Popen(
+                        ["ip", "netns", "exec", ns, tb.PYIPSEC, "dataplane", "--static", str(path)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                    stack.callback(tb.kill_leftovers, ns)
+                    stack.callback(stop_process, proc)
+                    procs[ns] = proc
+                tb.wait_dataplanes(procs, out, args.mode)
+                tb.wait_ping(tb.NS_A, src, dst)
+                stack.enter_context(tb.iperf3_server(dst))
+                client = subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        tb.NS_A,
+                        "iperf3",
+                        "-c",
+                        dst,
+                        "-B",
+                        src,
+                        "-t",
+                        str(args.seconds + 4),
+                    ],  # fmt: skip
+                    stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
+                    text=True,
                 )
-                stack.callback(tb.kill_leftovers, ns)
-                stack.callback(stop_process, proc)
-                procs[ns] = proc
-            tb.wait_dataplanes(procs, out, args.mode)
-            tb.wait_ping(tb.NS_A, src, dst)
-            stack.enter_context(tb.iperf3_server(dst))
-            client = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    tb.NS_A,
-                    "iperf3",
-                    "-c",
-                    dst,
-                    "-B",
-                    src,
-                    "-t",
-                    str(args.seconds + 4),
-                ],  # fmt: skip
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            stack.callback(stop_process, client)
-            time.sleep(2)  # past slow start
-            spies = []
-            for ns, proc in procs.items():
-                for index, pid in enumerate(worker_pids(proc.pid)):
-                    target = out / f"{args.mode}-{ns}-worker{index}-{pid}.txt"
-                    cmd = [spy, "record", "-p", str(pid), "-d", str(args.seconds), "-r", "200",
-                           "-f", "raw", "-o", str(target)]  # fmt: skip
-                    if args.native:
-                        cmd.insert(2, "--native")
-                    spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                                  stderr=subprocess.DEVNULL))  # fmt: skip
-                    files.append(target)
-            for spy_proc in spies:
-                spy_proc.wait(timeout=args.seconds + 60)
-            report, _ = client.communicate(timeout=args.seconds + 30)
-            rates = [ln for ln in report.splitlines() if "receiver" in ln]
-            print(f"iperf3 during the profile: {rates[-1].strip() if rates else report[-200:]}")
-    except KeyboardInterrupt:
-        print("interrupted")
-        return 130
-    finally:
-        for ns in (tb.NS_A, tb.NS_B):
-            tb.kill_leftovers(ns)
-            tb.run(["ip", "netns", "del", ns], check=False)
+                stack.callback(stop_process, client)
+                time.sleep(2)  # past slow start
+                spies = []
+                for ns, proc in procs.items():
+                    for index, pid in enumerate(worker_pids(proc.pid)):
+                        target = out / f"{args.mode}-{ns}-worker{index}-{pid}.txt"
+                        cmd = [spy, "record", "-p", str(pid), "-d", str(args.seconds), "-r", "200",
+                               "-f", "raw", "-o", str(target)]  # fmt: skip
+                        if args.native:
+                            cmd.insert(2, "--native")
+                        spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                      stderr=subprocess.DEVNULL))  # fmt: skip
+                        files.append(target)
+                for spy_proc in spies:
+                    spy_proc.wait(timeout=args.seconds + 60)
+                report, _ = client.communicate(timeout=args.seconds + 30)
+                rates = [ln for ln in report.splitlines() if "receiver" in ln]
+                print(f"iperf3 during the profile: {rates[-1].strip() if rates else report[-200:]}")
+        except KeyboardInterrupt:
+            print("interrupted")
+            return 130
+        finally:
+            for ns in (tb.NS_A, tb.NS_B):
+                tb.kill_leftovers(ns)
+                tb.run(["ip", "netns", "del", ns], check=False)
     for path in files:
         if path.exists():
             print(summarize(path, args.top))

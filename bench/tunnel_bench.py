@@ -64,6 +64,40 @@ LABELS = {
 OPTIONAL = ("mixed",)  #: run only when named in --variants
 
 
+LOCK_PATH = "/run/pyi-tunnel-bench.lock"
+
+
+@contextlib.contextmanager
+def bench_lock(wait: float = 900.0) -> Iterator[None]:
+    """Hold the lock that keeps two runs (this bench, bench/dataplane_profile.py) from
+    using the namespaces pyi-ba / pyi-bb at the same time; wait for it up to ``wait`` s."""
+    import fcntl
+
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            print(f"another tunnel bench/profile holds {LOCK_PATH} (pid {holder}): waiting",
+                  flush=True)  # fmt: skip
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        msg = f"gave up waiting for {LOCK_PATH} after {wait:.0f} s"
+                        raise SystemExit(msg) from None
+                    time.sleep(1.0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class Skip(Exception):
     """A variant cannot run here; the message says why."""
 
@@ -406,6 +440,17 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    try:
+        with bench_lock():
+            return run_variants(args, names)
+    except KeyboardInterrupt:  # while waiting for the lock: nothing was started
+        print("interrupted before any variant ran")
+        print("tunnel tcp pyipsec/strongswan ratio: n/a")
+        return 130
+
+
+def run_variants(args: argparse.Namespace, names: list[str]) -> int:
+    """Run the chosen variants (the caller holds the bench lock), print the table."""
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pyi-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
