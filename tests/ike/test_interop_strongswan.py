@@ -181,8 +181,11 @@ def test_wrong_psk_against_charon():
         assert not events(lines, "ChildSaInstalled")
 
 
-@pytest.mark.parametrize("kind", ["p256", "rsa2048", "ed25519"])
-def test_certificates_with_charon(tmp_path, kind):
+@pytest.mark.parametrize(
+    "kind,we_initiate",
+    [("p256", True), ("rsa2048", True), ("ed25519", True), ("p384", False), ("rsa2048", False)],
+)
+def test_certificates_with_charon(tmp_path, kind, we_initiate):
     from cryptography.hazmat.primitives import serialization
 
     from pki import Pki
@@ -241,13 +244,25 @@ def test_certificates_with_charon(tmp_path, kind):
             f"{ADDR_P}/32",
             "--remote-ts",
             f"{ADDR_S}/32",
-            "--initiate",
+            *(["--initiate"] if we_initiate else []),
             "--cert-dir",
             str(tmp_path),
             "--timeout",
-            "20",
+            "25",
         ]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if not we_initiate:
+                import time
+
+                time.sleep(1.0)
+                charon.initiate("t-c")
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        out = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
         lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
         assert lines and lines[-1].get("done"), f"{lines[-3:]} {out.stderr[-1500:]}"
         assert events(lines, "IkeSaUp")[0]["remote_id"] == "charon.pyi"
