@@ -201,6 +201,12 @@ class IkeSaInitTask(Task):
             raise ProtocolError(
                 "responder chose another KE group", notify=NotifyType.INVALID_KE_PAYLOAD
             )
+        if chosen.additional_kes() and not has_notify(
+            msg, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED
+        ):  # RFC 9370 2.2.1: additional key exchanges need IKE_INTERMEDIATE
+            raise ProtocolError(
+                "ADDKE chosen without IKE_INTERMEDIATE support", notify=NotifyType.INVALID_SYNTAX
+            )
         shared = self.kx.complete(ke.data)
         sa.spi_r = msg.spi_r
         sa.nr = nonce.data
