@@ -77,3 +77,14 @@ def test_hard_expiry_deletes_on_both_sides():
     assert (
         p.a.statistics().counter("expiry_deletes") + p.b.statistics().counter("expiry_deletes") >= 1
     )
+
+
+def test_traffic_seen_postpones_dpd():
+    p = Pair(peer_config("to-b", B_ADDR[0], children=(ChildConfig("c"),), dpd_delay=10.0))
+    h = p.connect()
+    for _ in range(5):
+        p.advance(8)
+        p.a.traffic_seen(h, p.now)  # ESP keeps flowing
+    assert p.a.statistics().counter("dpd_sent") == 0
+    p.advance(11)
+    assert p.a.statistics().counter("dpd_sent") == 1

@@ -298,6 +298,13 @@ class IkeEndpoint:
         elif sa.state != IkeState.DELETING:
             sa.close("deleted", now)
 
+    def traffic_seen(self, ike_sa: int, now: float) -> None:
+        """Authenticated ESP/AH traffic arrived for this IKE SA's children: the peer is
+        alive, so the liveness check (DPD) waits another ``dpd_delay`` (RFC 7296 2.4)."""
+        sa = self._by_handle.get(ike_sa)
+        if sa is not None:
+            sa.last_recv = max(sa.last_recv, now)
+
     # ------------------------------------------------------------------ introspection
     def ike_sas(self) -> list[IkeSaStatistics]:
         return [sa.statistics() for sa in self._by_handle.values()]
