@@ -17,6 +17,7 @@ short batches, the four measurements interleaved (see :func:`measure`).
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import sys
@@ -160,6 +161,7 @@ def pad_to(p: bytes, bs: int) -> bytes:
 
 
 def main() -> None:
+    logging.getLogger("pyipsec").setLevel(logging.ERROR)  # no "weak algorithm" warnings
     print(
         f"{'algorithm':<18}{'size':>6}{'encap us':>10}{'raw enc':>9}{'decap us':>10}"
         f"{'raw dec':>9}{'ratio':>7}"
