@@ -1,9 +1,10 @@
 """ESP processing (RFC 4303): transport and tunnel mode, IPv4 and IPv6, ESP-in-UDP.
 
-Hot path, per outbound packet (one :meth:`EspProcessor.encapsulate` call):
-validate the IP framing, pick the trailer from a per-SA cache, ``seal`` with the cipher
-object built once for the SA (counter IV for AEAD/GMAC, chained random block for CBC),
-build the outer header from a precomputed partial checksum, one ``b"".join``.
+Per outbound packet (one :meth:`EspProcessor.encapsulate` call): validate the IP
+framing, pick the trailer from a per-SA cache, ``seal`` with the cipher object built once
+for the SA (counter IV for AEAD/GMAC, chained random block for CBC), build the outer
+header from a precomputed partial checksum, one ``b"".join``. (The most common AEAD cases
+are also inlined in :class:`~pyipsec.ipsec.sa.SecurityAssociation`; see its docstring.)
 
 Per inbound packet: :meth:`locate` finds the ESP header (after the IP header, its IPv6
 extension headers or the NAT-T UDP header) without copying; the SA checks SPI and replay
