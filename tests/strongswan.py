@@ -197,6 +197,7 @@ class NetnsPair:
         self.addr6_a, self.addr6_b = addr6_a, addr6_b
         self.inner6_a, self.inner6_b = inner6_a, inner6_b
         self._up = False
+        self._lock_fd = -1
 
     def __enter__(self) -> NetnsPair:
         self.open()
@@ -205,8 +206,29 @@ class NetnsPair:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _lock(self, timeout: float = 600.0) -> None:
+        """Serialise users of these namespace names across processes (two test runs at
+        once would tear down each other's namespaces): flock a file named after them."""
+        import fcntl
+
+        path = f"/run/pyi-netns-{self.ns_a}-{self.ns_b}.lock"
+        self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self._lock_fd)
+                    self._lock_fd = -1
+                    raise TimeoutError(f"{path} still held after {timeout:.0f} s") from None
+                time.sleep(0.5)
+
     def open(self) -> None:
-        self.close()  # leftovers of an earlier crashed run
+        if self._lock_fd < 0:
+            self._lock()
+        self.close(unlock=False)  # leftovers of an earlier crashed run
         _register_cleanup(self)
         self._up = True
         run(["ip", "netns", "add", self.ns_a])
@@ -235,12 +257,15 @@ class NetnsPair:
                 run(["ip", "addr", "add", f"{inner}/{plen}", "dev", "lo"], ns=ns)
                 run(["ip", "route", "add", f"{peer_inner}/{plen}", "via", gw], ns=ns)
 
-    def close(self) -> None:
+    def close(self, *, unlock: bool = True) -> None:
         for ns in (self.ns_a, self.ns_b):
             run(["ip", "netns", "del", ns], check=False)
         if self in _CLEANUPS:
             _CLEANUPS.remove(self)
         self._up = False
+        if unlock and self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
 
 
 # --------------------------------------------------------------------------- charon
