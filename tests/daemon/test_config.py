@@ -150,3 +150,120 @@ def test_bad_identity_located(confdir) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.key == "connections.web-db.remote.id"
+
+
+SPD = """\
+spd:
+  - {name: no-smtp, local: 10.1.0.1, remote: any, protocol: tcp, remote_ports: 25,
+     action: discard, priority: 5}
+  - {name: db, local: 10.1.0.1, remote: 10.1.0.2, action: protect, child: web-db/db,
+     priority: 10}
+"""
+
+
+def test_spd_section_keeps_order_priorities_and_actions(confdir) -> None:
+    config = load_config(write(confdir, BASE + SPD))
+    names = [(p.name, p.entry.action.value, p.entry.priority) for p in config.spd]
+    assert names == [("no-smtp", "discard", 5), ("db", "protect", 10)]
+    assert config.spd[1].entry.template.child == "web-db/db"
+
+
+@pytest.mark.parametrize(
+    ("entry", "line", "key", "message"),
+    [
+        ("{name: x, action: protect, child: web-db/nope}", 19, "spd.0.child", "not a <conn"),
+        ("{name: x, action: protect, child: db}", 19, "spd.0.child", "not a <conn"),
+        ("{name: x, action: allow-all}", 19, "spd.0.action", "must be one of"),
+        ("{name: x, action: discard, remote: 10.1.0.300}", 19, "spd.0.remote", "not an address"),
+        ("{name: x, action: bypass, child: web-db/db}", 19, "spd.0.child", "only protect"),
+    ],
+)
+def test_spd_errors_are_located(confdir, entry, line, key, message) -> None:
+    path = write(confdir, BASE + f"spd:\n  - {entry}\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert (info.value.file, info.value.line, info.value.key) == (path, line, key)
+
+
+def test_duplicate_spd_names_refused(confdir) -> None:
+    text = BASE + "spd:\n  - {name: x, action: bypass}\n  - {name: x, action: discard}\n"
+    with pytest.raises(ConfigError, match="duplicate SPD entry name 'x'") as info:
+        load_config(write(confdir, text))
+    assert info.value.line == 20
+
+
+def test_policy_section_server_and_file(confdir) -> None:
+    text = """\
+    control_socket: /tmp/x.sock
+    policy:
+      server: {url: "https://10.9.0.1:8443", ca: ca.crt, cert: host.crt, key: host.key,
+               poll_interval: 5m}
+      addresses: [10.1.0.1]
+      secrets: store.yaml
+    """
+    config = load_config(write(confdir, text))
+    assert config.connections == {} and config.spd == ()
+    pol = config.policy
+    assert pol is not None and pol.file is None and pol.addresses == ("10.1.0.1",)
+    assert pol.server.url == "https://10.9.0.1:8443" and pol.server.poll_interval == 300
+    assert pol.server.ca == str(confdir / "ca.crt") and pol.cert == str(confdir / "host.crt")
+    assert pol.secrets == str(confdir / "store.yaml") and pol.source == pol.server.url
+    config = load_config(write(confdir, "policy: {file: /etc/p.yaml}\n"))
+    assert config.policy.file == "/etc/p.yaml" and config.policy.server is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "key", "message"),
+    [
+        ("{}", "policy", "exactly one of"),
+        ("{file: a, server: {url: 'https://x'}}", "policy", "exactly one of"),
+        ("{server: {url: 'http://x', ca: a, cert: b, key: c}}", "policy.server.url", "https"),
+        ("{file: a, addresses: [me]}", "policy.addresses", "not an IP address"),
+        ("{file: a, colour: red}", "policy.colour", "unknown key"),
+        (
+            "{server: {url: 'https://x', ca: a, cert: b, key: c, poll_interval: 0}}",
+            "policy.server.poll_interval",
+            "at least 1 second",
+        ),
+    ],
+)
+def test_policy_section_errors(confdir, policy, key, message) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(confdir, f"policy: {policy}\n"))
+    assert info.value.key == key and info.value.line == 1
+
+
+def test_compiled_part_merges_and_refuses_name_clashes(confdir) -> None:
+    from pyipsec.daemon.config import CompiledPart
+    from pyipsec.util.configfile import load_yaml_text
+
+    conns = load_yaml_text(
+        "connections:\n"
+        "  pol-1:\n"
+        "    local_addrs: [10.1.0.1]\n"
+        "    remote_addrs: [10.1.0.3]\n"
+        "    local: {auth: psk, id: 10.1.0.1}\n"
+        "    remote: {auth: psk, id: 10.1.0.3}\n"
+        "    children: {pol-1-1: {start_action: trap}}\n",
+        file="<policy P v2>",
+    ).section("connections")
+    spd = ({"name": "p.1.1", "local": "10.1.0.1", "remote": "10.1.0.3", "action": "protect",
+            "child": "pol-1/pol-1-1", "priority": 0},)  # fmt: skip
+    part = CompiledPart(conns, {"pol-1": b"policy secret 123"}, spd, "policy 'P' v2")
+    config = load_config(write(confdir, BASE), compiled=part)
+    assert set(config.connections) == {"web-db", "pol-1"}
+    assert config.policy_connections == frozenset({"pol-1"})
+    assert config.peer("pol-1").local_auth.psk == b"policy secret 123"
+    assert [p.name for p in config.spd] == ["p.1.1"]
+    assert "policy secret" not in repr(part) + repr(config)
+    clash = load_yaml_text(
+        "connections:\n  web-db: {remote_addrs: [10.1.0.3]}\n", file="<p>"
+    ).section("connections")
+    with pytest.raises(ConfigError, match="also defined by policy 'P' v2"):
+        load_config(write(confdir, BASE), compiled=CompiledPart(clash, {}, (), "policy 'P' v2"))
+    bad = (dict(spd[0], child="pol-1/other"),)
+    with pytest.raises(ConfigError, match="policy 'P' v2: spd.0") as info:
+        load_config(
+            write(confdir, BASE), compiled=CompiledPart(conns, part.secrets, bad, "policy 'P' v2")
+        )
+    assert "not a <connection>/<child>" in str(info.value)

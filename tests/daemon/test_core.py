@@ -183,3 +183,54 @@ def test_reload_keeps_unchanged_connections(pair, tmp_path) -> None:
     result = a.reload(config_for(tmp_path, A, B, "shared secret key", mode="tunnel"))
     assert result["changed"] == ["web-db"]
     assert run_until(loop, lambda: not b.ike_sas)
+
+
+def _two_children(tmp_path, me: str, peer: str) -> DaemonConfig:
+    directory = tmp_path / f"two-{me}"
+    directory.mkdir()
+    secrets = directory / "secrets.yaml"
+    secrets.write_text('psk:\n  web-db: "shared secret key"\n')
+    os.chmod(secrets, 0o600)
+    path = directory / "pyipsec.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        secrets: secrets.yaml
+        connections:
+          web-db:
+            local_addrs: [{me}]
+            remote_addrs: [{peer}]
+            local: {{auth: psk, id: {me}}}
+            remote: {{auth: psk, id: {peer}}}
+            dpd_delay: 0
+            children:
+              tcp: {{local_ts: ["{me}[tcp]"], remote_ts: ["{peer}[tcp]"]}}
+              udp: {{local_ts: ["{me}[udp]"], remote_ts: ["{peer}[udp]"]}}
+        """)
+    )
+    return load_config(str(path))
+
+
+def test_acquire_brings_up_the_child_the_data_plane_names(tmp_path) -> None:
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+    daemons = []
+    for me, peer in ((A, B), (B, A)):
+        daemon = Daemon(
+            _two_children(tmp_path, me, peer), net.port(me), FakeDataplane(),
+            clock=loop.time, loop=loop,
+        )  # fmt: skip
+        net.hosts[me] = daemon.datagram
+        daemons.append(daemon)
+    a, b = daemons
+    try:
+        a.acquire(A, B, "web-db/udp")  # the second trap child, not the first
+        assert run_until(loop, lambda: a.child_sas and b.child_sas)
+        assert [c.name for c in a.child_sas.values()] == ["udp"]
+        a.acquire(A, B, "web-db/nope")  # unknown child: the first trap child of the peer
+        assert run_until(loop, lambda: len(a.child_sas) == 2)
+        assert sorted(c.name for c in a.child_sas.values()) == ["tcp", "udp"]
+        assert a.counters.acquires == 2
+    finally:
+        for daemon in daemons:
+            daemon.close()
+        loop.close()

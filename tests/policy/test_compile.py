@@ -436,7 +436,10 @@ def test_todays_daemon_gets_only_what_it_derives_itself() -> None:
          "one-way \\(out\\)"),
     ]  # fmt: skip
     for text, words in cases:
+        policy = load_policy_text(text, file="p.yaml")
         with pytest.raises(ConfigError, match=words) as info:
-            compile_policy(load_policy_text(text, file="p.yaml"), HostContext((A,)))
+            compile_policy(policy, HostContext((A,)), capabilities=frozenset())
         assert info.value.file == "p.yaml" and info.value.line is not None
         assert "not supported yet" in str(info.value)
+        # the daemon installs the compiled SPD itself now (the 'spd' capability)
+        assert compile_policy(policy, HostContext((A,))).requires == frozenset({"spd"})

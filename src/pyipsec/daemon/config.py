@@ -24,6 +24,21 @@ them. The policy layer (filter lists, filter actions, rules) compiles into it.
             esp_proposals: [aes128gcm16-esn]
             rekey_time: 1h
             start_action: trap
+    spd:                                    # optional: ordered SPD entries (lower first)
+      - {name: no-smtp, local: 10.1.0.1, remote: any, protocol: tcp,
+         remote_ports: 25, action: discard, priority: 10}
+      - {name: db, local: 10.1.0.1, remote: 10.1.0.2, action: protect,
+         child: web-db/db, priority: 20}  # child: <connection>/<child>
+    policy:                                 # optional: a policy applied by the daemon
+      file: /etc/pyipsec/policy.yaml        #   a local policy, or
+      server: {url: "https://policy:8443", ca: ca.crt, cert: host.crt, key: host.key}
+      addresses: [10.1.0.1]                 #   "me" (default: the host's addresses)
+      secrets: /etc/pyipsec/psk-store.yaml  #   0600, psk: {name: value} for psk: NAME
+      secrets_file: /var/lib/pyipsec/policy-secrets.yaml  # written 0600 at apply time
+
+Connections and SPD entries compiled from the policy (:mod:`pyipsec.daemon.policy`) are
+merged with the ones written here; children without an SPD entry get PROTECT entries
+derived from their traffic selectors (priority 100).
 
 Every error names the file, the line and the key; nothing is returned half-built. Secrets
 live in a separate file that must not be readable by group or others.
@@ -31,12 +46,14 @@ live in a separate file that must not be readable by group or others.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyipsec.dataplane.static import PolicyConfig, parse_policy
 from pyipsec.errors import ConfigError
 from pyipsec.ike.config import AuthConfig, ChildConfig, EndpointConfig, Identity, PeerConfig
 from pyipsec.util.configfile import Section, load_yaml_file, load_yaml_text
@@ -79,6 +96,52 @@ class ConnectionInfo:
 
 
 @dataclass(frozen=True)
+class PolicyServerSettings:
+    """``policy.server``: where the daemon pulls its policy from (mutual TLS)."""
+
+    url: str  #: https://NAME:PORT (NAME in the server's certificate)
+    ca: str  #: CA certificate: trust anchor for TLS and for the signed envelopes
+    cert: str  #: this host's machine certificate (also used for IKE certificate auth)
+    key: str  #: its private key
+    cache: str  #: last good envelope (written 0600)
+    crl: str | None = None  #: optional CRL of the CA
+    poll_interval: float | None = None  #: seconds; None: the policy's polling interval
+    timeout: float = 10.0  #: seconds per request
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """``policy:``: a policy the daemon compiles for this host and applies."""
+
+    file: str | None  #: a local policy file (exclusive with ``server``)
+    server: PolicyServerSettings | None  #: or a policy server
+    addresses: tuple[str, ...] = ()  #: this host's addresses ("me"); empty: discovered
+    cert: str | None = None  #: machine certificate for certificate auth (default: server's)
+    key: str | None = None  #: its key
+    secrets: str | None = None  #: local secrets store (0600): psk: {name: value}
+    secrets_file: str = "/var/lib/pyipsec/policy-secrets.yaml"  #: written 0600 on apply
+
+    @property
+    def source(self) -> str:
+        return self.server.url if self.server is not None else str(self.file)
+
+
+@dataclass(frozen=True)
+class CompiledPart:
+    """What a compiled policy adds to the file's configuration.
+
+    ``connections``: the compiled daemon document's ``connections`` section; ``secrets``:
+    pre-shared keys by connection name (never shown); ``spd``: SPD entries in the
+    ``spd:`` format, in lookup order; ``source``: e.g. ``policy 'Web App Encrypt' v3``.
+    """
+
+    connections: Section
+    secrets: dict[str, bytes] = field(repr=False)
+    spd: tuple[dict[str, Any], ...]
+    source: str
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """The whole daemon configuration, validated."""
 
@@ -88,6 +151,11 @@ class DaemonConfig:
     tun_name: str = "pyipsec0"
     log_level: str = "info"
     source: str = "<string>"
+    #: explicit SPD entries (from ``spd:`` and the applied policy), in lookup order
+    spd: tuple[PolicyConfig, ...] = ()
+    policy: PolicySettings | None = None  #: the ``policy:`` section, if any
+    #: connections that came from the applied policy
+    policy_connections: frozenset[str] = frozenset()
 
     def peer(self, name: str) -> PeerConfig:
         peer = self.endpoint.peer(name)
@@ -326,19 +394,103 @@ def _connection(
     return peer, info
 
 
-def parse_config(doc: Section, *, source: str, base_dir: str = ".") -> DaemonConfig:
-    """Validate a parsed document and build the daemon configuration."""
-    doc.check_keys(["secrets", "control_socket", "tun", "log_level", "ike", "connections"])
+def _path(base_dir: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(base_dir, path)
+
+
+def _policy_settings(section: Section, base_dir: str) -> PolicySettings:
+    section.check_keys(["file", "server", "addresses", "cert", "key", "secrets", "secrets_file"])
+    if ("file" in section) == ("server" in section):
+        raise section.error("give exactly one of 'file' (a local policy) or 'server'")
+    server = None
+    if "server" in section:
+        srv = section.section("server")
+        srv.check_keys(["url", "ca", "cert", "key", "crl", "poll_interval", "cache", "timeout"])
+        url = srv.get_str("url")
+        if not url.startswith("https://"):
+            raise srv.error("must be an https:// URL", "url")
+        server = PolicyServerSettings(
+            url=url,
+            ca=_path(base_dir, srv.get_str("ca")),
+            cert=_path(base_dir, srv.get_str("cert")),
+            key=_path(base_dir, srv.get_str("key")),
+            cache=_path(base_dir, srv.get_str("cache", "/var/lib/pyipsec/policy-envelope.json")),
+            crl=_path(base_dir, srv.get_str("crl")) if "crl" in srv else None,
+            poll_interval=_duration(srv, "poll_interval", None),
+            timeout=_duration(srv, "timeout", 10.0),
+        )
+        if server.poll_interval is not None and server.poll_interval < 1:
+            raise srv.error("must be at least 1 second", "poll_interval")
+    addresses = tuple(section.get_str_list("addresses", []))
+    for text in addresses:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise section.error(f"not an IP address: {text!r}", "addresses") from None
+
+    def opt(key: str) -> str | None:
+        return _path(base_dir, section.get_str(key)) if key in section else None
+
+    return PolicySettings(
+        file=opt("file"),
+        server=server,
+        addresses=addresses,
+        cert=opt("cert") or (server.cert if server else None),
+        key=opt("key") or (server.key if server else None),
+        secrets=opt("secrets"),
+        secrets_file=opt("secrets_file") or "/var/lib/pyipsec/policy-secrets.yaml",
+    )
+
+
+def _spd(
+    items: list[tuple[Any, str]], infos: dict[str, ConnectionInfo], peers: list[PeerConfig]
+) -> tuple[PolicyConfig, ...]:
+    """Validate SPD entries; a PROTECT entry's child must be ``<connection>/<child>``."""
+    children = {f"{p.name}/{c.name}" for p in peers for c in p.children}
+    out: list[PolicyConfig] = []
+    names: set[str] = set()
+    for data, path in items:
+        pol = parse_policy(data, path=path)
+        where = data if isinstance(data, Section) else None
+        if pol.name in names:
+            message = f"duplicate SPD entry name {pol.name!r}"
+            raise where.error(message, "name") if where else ConfigError(message, key=path)
+        names.add(pol.name)
+        template = pol.entry.template
+        if template is not None and template.child not in children:
+            message = (
+                f"child {template.child!r} is not a <connection>/<child> of this "
+                f"configuration (known: {', '.join(sorted(children)) or 'none'})"
+            )
+            raise where.error(message, "child") if where else ConfigError(message, key=path)
+        out.append(pol)
+    return tuple(out)
+
+
+def parse_config(
+    doc: Section,
+    *,
+    source: str,
+    base_dir: str = ".",
+    compiled: CompiledPart | None = None,
+) -> DaemonConfig:
+    """Validate a parsed document and build the daemon configuration.
+
+    ``compiled``: connections, secrets and SPD entries of an applied policy, merged with
+    the document's (a connection name defined in both is an error).
+    """
+    doc.check_keys(
+        ["secrets", "control_socket", "tun", "log_level", "ike", "connections", "spd", "policy"]
+    )
     secrets: dict[str, bytes] = {}
     if "secrets" in doc:
-        path = doc.get_str("secrets")
-        if not os.path.isabs(path):
-            path = os.path.join(base_dir, path)
+        path = _path(base_dir, doc.get_str("secrets"))
         secrets = _read_secrets(path, config_file=source)
+    policy = _policy_settings(doc.section("policy"), base_dir) if "policy" in doc else None
     ike = doc.section("ike")
     ike.check_keys(["port", "cookie_threshold", "half_open_timeout"])
     connections = doc.section("connections")
-    if not connections.keys():
+    if not connections.keys() and policy is None:
         raise doc.error("at least one connection is needed", "connections")
     peers: list[PeerConfig] = []
     infos: dict[str, ConnectionInfo] = {}
@@ -346,6 +498,22 @@ def parse_config(doc: Section, *, source: str, base_dir: str = ".") -> DaemonCon
         peer, info = _connection(name, section, secrets)
         peers.append(peer)
         infos[name] = info
+    from_policy: set[str] = set()
+    spd_items: list[tuple[Any, str]] = []
+    if compiled is not None:
+        for name, section in compiled.connections.items():
+            if name in infos:
+                raise connections.error(
+                    f"connection {name!r} is also defined by {compiled.source}; rename one", name
+                )
+            peer, info = _connection(name, section, dict(compiled.secrets))
+            peers.append(peer)
+            infos[name] = info
+            from_policy.add(name)
+        spd_items += [(d, f"{compiled.source}: spd.{i}") for i, d in enumerate(compiled.spd)]
+    if "spd" in doc:
+        spd_items += [(v.as_section(), "") for v in doc.get_list("spd")]
+    spd = _spd(spd_items, infos, peers)
     local_addrs = {info.local_addrs[0] for info in infos.values() if info.local_addrs}
     try:
         endpoint = EndpointConfig(
@@ -364,13 +532,18 @@ def parse_config(doc: Section, *, source: str, base_dir: str = ".") -> DaemonCon
         tun_name=doc.get_str("tun", "pyipsec0"),
         log_level=doc.get_choice("log_level", ("debug", "info", "warning", "error"), "info"),
         source=source,
+        spd=spd,
+        policy=policy,
+        policy_connections=frozenset(from_policy),
     )
 
 
-def load_config(path: str) -> DaemonConfig:
-    """Load and validate the configuration file at ``path``."""
+def load_config(path: str, *, compiled: CompiledPart | None = None) -> DaemonConfig:
+    """Load and validate the configuration file at ``path`` (merged with ``compiled``)."""
     doc = load_yaml_file(path)
-    return parse_config(doc, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    return parse_config(
+        doc, source=path, base_dir=os.path.dirname(os.path.abspath(path)), compiled=compiled
+    )
 
 
 def load_config_text(text: str, *, file: str = "<string>", base_dir: str = ".") -> DaemonConfig:

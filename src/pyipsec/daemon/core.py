@@ -215,9 +215,21 @@ class Daemon:
         self.endpoint.receive_datagram(data, remote, self.clock(), local_addr=local)
         self._pump()
 
-    def acquire(self, src: str, dst: str) -> None:
-        """The data plane holds a packet from ``src`` to ``dst`` with no SA: negotiate."""
+    def acquire(self, src: str, dst: str, child: str | None = None) -> None:
+        """The data plane holds a packet from ``src`` to ``dst`` with no SA: negotiate.
+
+        ``child`` is the SPD entry's ``<connection>/<child>``: that child comes up. Without
+        it (or when it names nothing configured), the first trap child of the first
+        connection to ``dst``.
+        """
         self.counters.acquires += 1
+        if child and "/" in child:
+            conn_name, _, child_name = child.partition("/")
+            peer = self.config.endpoint.peer(conn_name)
+            if peer is not None and peer.child(child_name) is not None:
+                self.initiate(peer.name, child_name)
+                self._pump()
+                return
         for peer in self.config.endpoint.peers:
             if peer.matches_addr(dst) and any(c.start_action == "trap" for c in peer.children):
                 child = next(c for c in peer.children if c.start_action == "trap")

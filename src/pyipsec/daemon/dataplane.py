@@ -59,19 +59,24 @@ def _resolve(text: str, own: str | None) -> TsRange | None:
 
 
 def compile_policies(config: DaemonConfig) -> list[PolicyConfig]:
-    """PROTECT entries for every child of every connection (trap policies).
+    """The SPD of the data plane: the configuration's explicit entries (``spd:`` and the
+    applied policy's BYPASS / DISCARD / PROTECT entries, with their priorities), then
+    PROTECT entries (priority 100) for every child that no explicit entry names.
 
     Children whose selectors cannot be made concrete (``dynamic`` with no fixed address
     on that side, e.g. a responder for ``%any``) get their entries when their SA is
     installed, from the negotiated selectors.
     """
-    policies: list[PolicyConfig] = []
+    policies: list[PolicyConfig] = list(config.spd)
+    explicit = {p.entry.template.child for p in config.spd if p.entry.template is not None}
     for peer in config.endpoint.peers:
         info = config.connections.get(peer.name)
         local_addr = peer.local_addr
         remote_addr = peer.remote_addrs[0] if peer.remote_addrs else None
         for child in peer.children:
             name = f"{peer.name}/{child.name}"
+            if name in explicit:
+                continue
             index = 0
             for local_text in child.local_ts:
                 local = _resolve(local_text, local_addr)
@@ -176,8 +181,8 @@ class LinuxDataplane:
     def _dispatch(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "acquire":
-            _, _child, _policy, src, dst = event
-            self.hooks.acquire(src, dst)
+            _, child, _policy, src, dst = event
+            self.hooks.acquire(src, dst, child)
         elif kind == "ike":
             _, data, remote, local = event
             self.hooks.ike_datagram(data, remote, local)

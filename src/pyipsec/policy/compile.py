@@ -72,7 +72,7 @@ __all__ = [
 
 ALL_CAPABILITIES = frozenset({"opportunistic", "unsecured_fallback", "respond_only", "spd"})
 #: what ``pyipsec daemon`` can do today
-DAEMON_CAPABILITIES: frozenset[str] = frozenset()
+DAEMON_CAPABILITIES: frozenset[str] = frozenset({"spd"})
 
 _WHY = {
     "opportunistic": "the daemon cannot negotiate with every host of a subnet in transport "
