@@ -97,6 +97,19 @@ class InteropRun:
         self.drivers.append(driver)
         return driver
 
+    def daemon(self, daemon):
+        """A ``pyipsec daemon`` run (anything with save_artifacts/close), kept like a
+        charon."""
+        return self.charon(daemon)
+
+    def stop_capture(self) -> Path | None:
+        """Stop the capture now and return its pcap (kept for the results folder)."""
+        from strongswan import stop_process
+
+        for proc, _ in self.captures:
+            stop_process(proc)
+        return self.captures[0][1] if self.captures else None
+
     def save(self, failure: str = "") -> Path:
         target = RESULTS / self.name
         shutil.rmtree(target, ignore_errors=True)
