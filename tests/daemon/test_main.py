@@ -143,3 +143,61 @@ def test_down_and_up_by_name(two_daemons) -> None:
     assert wait_for(loop, lambda: planes[A].installed and planes[B].installed)
     with pytest.raises(ControlError, match="name is required"):
         call(loop, paths[B], "up")
+
+
+def test_policy_update_and_reload_over_the_socket(tmp_path) -> None:
+    """A daemon whose configuration has a policy section: the control API applies it."""
+    from centralkit import policy_text
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy_text(a=A, b=B))
+    store = tmp_path / "store.yaml"
+    store.write_text('psk:\n  web-db: "the shared secret"\n')
+    os.chmod(store, 0o600)
+    path = tmp_path / "pyipsec.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        control_socket: {tmp_path}/control.sock
+        policy:
+          file: {policy_file}
+          addresses: [{A}]
+          secrets: {store}
+          secrets_file: {tmp_path}/policy-secrets.yaml
+        """)
+    )
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+    plane = FakeDataplane()
+    ready = asyncio.Event()
+
+    def network_factory(receiver):
+        net.hosts[A] = receiver
+        return net.port(A)
+
+    task = loop.create_task(
+        run(str(path), dataplane_factory=lambda cfg, lp, hooks: plane,
+            network_factory=network_factory, ready=ready.set)
+    )  # fmt: skip
+    try:
+        loop.run_until_complete(asyncio.wait_for(ready.wait(), 5))
+        status = call(loop, str(path), "status")
+        assert status["policy"]["name"] == "Web App Encrypt"
+        assert status["policy"]["connections"] == [f"web-db-{B}"]
+        assert plane.policies[-1].spd[0].entry.template.child.startswith(f"web-db-{B}/")
+        result = call(loop, str(path), "policy-update")
+        assert result["applied"] is False and "is current" in result["message"]
+        policy_file.write_text(policy_text("two", a=A, b=B).replace("Strict)", "Strict)\n    x: 1"))
+        with pytest.raises(ControlError, match="keeping current policy") as info:
+            call(loop, str(path), "policy-update", force=True)
+        assert info.value.error_type == "PolicyApplyError"
+        assert call(loop, str(path), "statistics")["policy_failures"] == 1
+        policy_file.write_text(policy_text("two", a=A, b=B))
+        result = call(loop, str(path), "policy-update", force=True)
+        assert result["applied"] and result["changed"] and "plan for 10.2.0.1" in result["plan"]
+        result = call(loop, str(path), "reload")
+        assert result["applied"] and "re-applied" in result["message"]
+        assert call(loop, str(path), "status")["policy"]["last_error"] is None
+    finally:
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        loop.close()

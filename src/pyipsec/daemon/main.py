@@ -27,7 +27,8 @@ from pyipsec import __version__
 from pyipsec.control.server import ControlServer
 from pyipsec.daemon.config import DaemonConfig, load_config
 from pyipsec.daemon.core import Daemon, Dataplane, IkeNetwork
-from pyipsec.errors import ConfigError
+from pyipsec.daemon.policy import PolicyApplier, PolicyRunner
+from pyipsec.errors import ConfigError, PyipsecError
 
 log = logging.getLogger("pyipsec.daemon")
 
@@ -35,17 +36,29 @@ DataplaneFactory = Callable[[DaemonConfig, asyncio.AbstractEventLoop, Any], Data
 NetworkFactory = Callable[[Any], IkeNetwork]
 
 
-def control_handlers(daemon: Daemon, config_path: str) -> dict[str, Any]:
-    """The control API of a running daemon (see :mod:`pyipsec.control.protocol`)."""
+def control_handlers(
+    daemon: Daemon, config_path: str, policy: PolicyRunner | None = None
+) -> dict[str, Any]:
+    """The control API of a running daemon (see :mod:`pyipsec.control.protocol`).
+
+    With a policy (``policy:`` in the configuration), ``reload`` re-reads the file and
+    re-applies the policy, and ``policy-update`` (args: ``force``) pulls and applies now.
+    """
 
     async def version(args: dict[str, Any]) -> Any:
         return {"version": __version__}
 
     async def status(args: dict[str, Any]) -> Any:
-        return daemon.status()
+        result = daemon.status()
+        if policy is not None:
+            result["policy"] = policy.applier.status()
+        return result
 
     async def statistics(args: dict[str, Any]) -> Any:
-        return daemon.statistics()
+        result = daemon.statistics()
+        if policy is not None:
+            result.update(vars(policy.applier.statistics()))
+        return result
 
     async def list_ike_sas(args: dict[str, Any]) -> Any:
         return daemon.status()["ike_sas"]
@@ -68,7 +81,19 @@ def control_handlers(daemon: Daemon, config_path: str) -> dict[str, Any]:
     async def rekey(args: dict[str, Any]) -> Any:
         return {"message": daemon.command_rekey(_name(args))}
 
+    async def policy_update(args: dict[str, Any]) -> Any:
+        if policy is None:
+            raise ConfigError("the daemon's configuration has no policy section", key="policy")
+        return await policy.update(force=bool(args.get("force")), reason="update")
+
     async def reload(args: dict[str, Any]) -> Any:
+        if policy is not None:
+            try:
+                result = await policy.update(rebuild=True, reason="reload")
+            except PyipsecError:
+                daemon.counters.failed_reloads += 1
+                raise
+            return {"message": "configuration reloaded: " + result["message"], **result}
         path = args.get("config") or config_path
         try:
             new = load_config(path)
@@ -90,7 +115,16 @@ def control_handlers(daemon: Daemon, config_path: str) -> dict[str, Any]:
         "terminate": down,
         "rekey": rekey,
         "reload": reload,
+        "policy-update": policy_update,
     }
+
+
+async def _quiet(update: Any) -> None:
+    """Run a policy update whose refusal is already logged and counted."""
+    try:
+        await update
+    except PyipsecError as exc:
+        log.debug("policy update: %s", exc)
 
 
 def setup_logging(level: str) -> None:
@@ -108,10 +142,20 @@ async def run(
     dataplane_factory: DataplaneFactory | None = None,
     network_factory: NetworkFactory | None = None,
     ready: Callable[[], None] | None = None,
+    policy_applier: PolicyApplier | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit status."""
+    """Run until SIGTERM/SIGINT; returns the exit status.
+
+    ``policy_applier`` replaces the one built from the ``policy:`` section (tests).
+    """
     config = load_config(config_path)
     loop = asyncio.get_running_loop()
+    if policy_applier is None and config.policy is not None:
+        policy_applier = PolicyApplier(config_path, config.policy)
+    runner: PolicyRunner | None = None
+    if policy_applier is not None:
+        runner = PolicyRunner(policy_applier, None, loop)
+        config = await loop.run_in_executor(None, runner.initial_config, config)
     stop = asyncio.Event()
     holder: dict[str, Daemon] = {}
 
@@ -139,9 +183,9 @@ async def run(
         """Callbacks from the data plane into the daemon."""
 
         @staticmethod
-        def acquire(src: str, dst: str) -> None:
+        def acquire(src: str, dst: str, child: str | None = None) -> None:
             if "daemon" in holder:
-                holder["daemon"].acquire(src, dst)
+                holder["daemon"].acquire(src, dst, child)
 
         @staticmethod
         def ike_datagram(data: bytes, remote: tuple[str, int], local: tuple[str, int]) -> None:
@@ -167,9 +211,17 @@ async def run(
     dataplane = dataplane_factory(config, loop, Hooks)
     daemon = Daemon(config, network, dataplane, loop=loop, publish=control.publish)
     holder["daemon"] = daemon
-    control.handlers.update(control_handlers(daemon, config_path))
+    if runner is not None:
+        runner.daemon = daemon
+    control.handlers.update(control_handlers(daemon, config_path, runner))
+    background: set[asyncio.Future[Any]] = set()
 
     def on_reload() -> None:
+        if runner is not None:
+            task = asyncio.ensure_future(_quiet(runner.update(rebuild=True, reason="reload")))
+            background.add(task)
+            task.add_done_callback(background.discard)
+            return
         try:
             new = load_config(config_path)
         except ConfigError as exc:
@@ -197,6 +249,9 @@ async def run(
             len(config.connections),
             config.control_socket,
         )
+        if runner is not None:
+            await loop.run_in_executor(None, runner.report_started)
+            background.add(asyncio.ensure_future(runner.poll_forever()))
         if ready is not None:
             ready()
         waiter = asyncio.ensure_future(stop.wait())
@@ -205,7 +260,7 @@ async def run(
         if watchdog is not None:
             tasks.add(asyncio.ensure_future(watchdog()))
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
+        for task in pending | background:
             task.cancel()
         if waiter not in done:
             log.error("the data plane failed: stopping (the host stays fail-closed)")
