@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 
 import pytest
 
@@ -126,7 +127,7 @@ def test_nft_accepts_the_json(tmp_path):
         pol("c", "bypass", protocol="udp", local_ports="53"),
     ]  # fmt: skip
     doc = {"nftables": [{"add": {"table": TABLE.obj()}}, *compile_ruleset(entries, CFG)]}
-    ns = "pyi-nftchk"
+    ns = "pyi-nft" + uuid.uuid4().hex[:6]
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         res = subprocess.run(["ip", "netns", "exec", ns, "nft", "-c", "-j", "-f", "-"],
