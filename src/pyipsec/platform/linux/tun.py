@@ -11,6 +11,11 @@ writes it. Two queues would not split the directions: the tun driver steers a fl
 outbound packets to the queue that last *wrote* a packet of that flow (its symmetric flow
 hash), so a queue owned by the inbound writer would receive outbound packets.
 
+With ``offload=True`` (the data plane's default) the queue uses IFF_VNET_HDR with checksum
+and TCP segmentation offload: reads return up to 64 KB TCP super-packets that
+:meth:`Tun.read_batch` segments, and :meth:`Tun.write_batch` merges runs of one TCP flow
+into GSO super-packets (:mod:`pyipsec.platform.linux.offload`).
+
 The descriptor is non-blocking (O_NONBLOCK is shared by every process holding it, so it is
 set once here and never toggled): readers wait with epoll, then drain with
 :meth:`Tun.read_batch`.
