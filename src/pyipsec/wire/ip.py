@@ -251,25 +251,12 @@ def check_ip_packet(packet: bytes) -> int:
     return v
 
 
-# Flow is a frozen slots dataclass whose generated __init__ goes through
-# object.__setattr__ field by field; on the per-packet path, filling the slots through
-# their descriptors builds the very same object in about half the time.
-_new = object.__new__
-_SETTERS = tuple(
-    Flow.__dict__[f].__set__ for f in ("version", "src", "dst", "protocol", "sport", "dport")
-)
+_tuple_new = tuple.__new__
 
 
 def _flow(v: int, src: int, dst: int, proto: int, sport: int, dport: int) -> Flow:
-    f = _new(Flow)
-    s0, s1, s2, s3, s4, s5 = _SETTERS
-    s0(f, v)
-    s1(f, src)
-    s2(f, dst)
-    s3(f, proto)
-    s4(f, sport)
-    s5(f, dport)
-    return f
+    """Build a Flow without the keyword handling of NamedTuple's ``__new__``."""
+    return _tuple_new(Flow, (v, src, dst, proto, sport, dport))
 
 
 def parse_flow(packet: bytes) -> Flow:
