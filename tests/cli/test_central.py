@@ -33,6 +33,7 @@ def run(*args: str, ok: bool = True, input: str | None = None):
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("PYIPSEC_STORE", str(tmp_path / "store.db"))
     monkeypatch.setenv("PYIPSEC_CA_DIR", str(tmp_path / "ca"))
+    monkeypatch.setenv("PYIPSEC_SOCKET", str(tmp_path / "no-daemon.sock"))  # local updates
     return tmp_path
 
 
@@ -186,3 +187,35 @@ def test_server_and_policy_update(env):
     assert isinstance(res.exception, ServerUnreachable)
     assert "keeping current policy 'web' version 2" in str(res.exception)
     assert out_path.read_text() == policy_text("two")
+
+
+def test_policy_update_asks_the_running_daemon(env, tmp_path):
+    """With a daemon on the control socket the CLI asks it to pull and apply (the daemon's
+    side is tested in tests/daemon/test_policy.py); its refusals fail the command."""
+    from controlthread import ServerThread
+    from pyipsec.daemon.policy import PolicyApplyError
+
+    calls = []
+    outcome = {"error": None}
+
+    async def policy_update(args):
+        calls.append(args)
+        if outcome["error"] is not None:
+            raise outcome["error"]
+        return {"applied": True, "changed": True, "policy": "'web' version 2",
+                "message": "policy 'web' version 2 applied from https://x:8443",
+                "plan": "plan for 10.0.0.1: policy 'web' -> policy 'web'\n  + spd  x"}  # fmt: skip
+
+    sock = str(tmp_path / "control.sock")
+    with ServerThread(sock, {"policy-update": policy_update}):
+        out = run("policy", "update", "--force", "--socket", sock).output
+        assert "version 2 applied" in out and "+ spd" in out
+        assert calls == [{"force": True}]
+        outcome["error"] = PolicyApplyError("policy update refused: bad signature", "'web' v1")
+        bad = run("policy", "update", "--socket", sock, ok=False)
+        assert bad.exit_code == 1 and calls[-1] == {"force": False}
+        assert "bad signature; keeping current policy 'web' v1" in bad.output
+    # no daemon: the local update, which needs --server, says so
+    res = run("policy", "update", "--socket", sock, ok=False)
+    assert "not running" in res.output and "verifying and storing the policy locally" in res.output
+    assert "--server is needed" in res.output

@@ -4,8 +4,9 @@
   store (``--store``, default ``$PYIPSEC_STORE`` or /var/lib/pyipsec/policy.db; a
   ``postgresql+psycopg://`` URL selects PostgreSQL). They are attached to the ``policy`` group
   of :mod:`pyipsec.cli.policy` when that module exists (explain/plan/check live there).
-* ``pyipsec policy update [--force]`` runs on a host: pull the assigned policy now (like
-  ``gpupdate /force``), verify it, store it locally and print what changed.
+* ``pyipsec policy update [--force]`` runs on a host: the running daemon pulls, verifies and
+  applies the assigned policy now (like ``gpupdate /force``) and the plan is printed; with
+  no daemon the policy is verified and stored locally and the diff printed.
 * ``pyipsec group create|delete|add-host|remove-host|list``.
 * ``pyipsec server`` runs the HTTPS policy server; ``pyipsec server hosts`` shows which host
   applied which version when.
@@ -249,13 +250,54 @@ def policy_unassign(policy: str, group: str, store_url: str) -> None:
     click.echo(f"policy {policy!r} unassigned from {group!r}")
 
 
+def _daemon_update(socket_path: str, force: bool) -> bool:
+    """Ask the running daemon to pull and apply now; False when no daemon answers (or it
+    has no policy section), so the caller falls back to a local update."""
+    from pyipsec.control.client import ControlClient
+    from pyipsec.control.protocol import ControlError
+
+    try:
+        result = ControlClient(socket_path, timeout=120).call("policy-update", force=force)
+    except ControlError as exc:
+        if exc.error_type == "ControlError" and (
+            "not running" in str(exc) or "cannot reach" in str(exc)
+        ):
+            click.echo(f"{exc}: verifying and storing the policy locally", err=True)
+            return False
+        if exc.error_type == "ConfigError" and "no policy section" in str(exc):
+            click.echo(
+                f"the daemon applies no policy ({exc}): verifying and storing it locally",
+                err=True,
+            )
+            return False
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.get("message", ""))
+    if result.get("plan"):
+        click.echo(result["plan"])
+    return True
+
+
 @policy_group.command("update")
-@click.option("--force", is_flag=True, help="rewrite and report even when unchanged")
+@click.option("--force", is_flag=True, help="apply (or rewrite) and report even when unchanged")
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="PYIPSEC_SOCKET",
+    default="/run/pyipsec/control.sock",
+    show_default=True,
+    help="control socket of the running daemon",
+)
+@click.option(
+    "--local",
+    "local_only",
+    is_flag=True,
+    help="do not ask the daemon: only verify and store the policy locally",
+)
 @click.option(
     "--server",
     envvar="PYIPSEC_POLICY_SERVER",
-    required=True,
-    help="https://NAME:PORT of the policy server",
+    default=None,
+    help="https://NAME:PORT of the policy server (local update)",
 )
 @click.option("--ca", default="/etc/pyipsec/ca.crt", show_default=True, type=Path)
 @click.option("--cert", default="/etc/pyipsec/host.crt", show_default=True, type=Path)
@@ -277,7 +319,9 @@ def policy_unassign(policy: str, group: str, store_url: str) -> None:
 )
 def policy_update(
     force: bool,
-    server: str,
+    socket_path: str,
+    local_only: bool,
+    server: str | None,
     ca: Path,
     cert: Path,
     key: Path,
@@ -285,12 +329,21 @@ def policy_update(
     cache: Path,
     out: Path,
 ) -> None:
-    """Pull this host's policy now: fetch, verify, store locally, print what changed.
+    """Pull this host's policy now (like gpupdate /force).
+
+    With a running daemon (control socket): the daemon fetches, verifies, compiles and
+    applies the policy now; prints what changed (the plan) or why it kept the current
+    policy. Without one: fetch, verify and store the policy locally, printing the diff.
 
     On a bad signature, an invalid policy or an unreachable server the current policy
     stays in place and the command fails saying so.
     """
     from pyipsec.policy.client import ClientConfig, PolicyClient, PolicyUpdateError
+
+    if not local_only and _daemon_update(socket_path, force):
+        return
+    if server is None:
+        raise click.UsageError("--server is needed when no daemon applies the policy")
 
     client = PolicyClient(
         ClientConfig(server=server, ca=ca, cert=cert, key=key, cache=cache, crl=crl)
