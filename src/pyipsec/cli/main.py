@@ -21,6 +21,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("pyipsec.cli.daemon", "commands"),
     ("pyipsec.cli.policy", "commands"),
     ("pyipsec.cli.central", "commands"),
+    ("pyipsec.cli.web", "commands"),
 ]
 
 

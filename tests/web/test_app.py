@@ -1,0 +1,307 @@
+"""The web monitor over real HTTP on 127.0.0.1, against a fake daemon on a real socket."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from controlthread import ServerThread
+from pyipsec.errors import ConfigError
+from pyipsec.web.app import (
+    WebMonitor,
+    create_token_file,
+    is_loopback,
+    parse_listen,
+    read_token,
+)
+
+HOSTILE = '<script>alert("x")</script>&"\''
+
+STATUS: dict[str, Any] = {
+    "version": "0.1.0",
+    "uptime": 3723.0,
+    "ike_sas": [
+        {
+            "name": "web-db",
+            "handle": 1,
+            "state": "ESTABLISHED",
+            "local_addr": "192.0.2.1",
+            "remote_addr": "192.0.2.2",
+            "local_id": "server-a.example",
+            "remote_id": HOSTILE,
+            "auth": "psk",
+            "initiator": True,
+            "spi_i": "0123456789abcdef",
+            "spi_r": "fedcba9876543210",
+            "proposal": "aes128gcm16-prfsha256-x25519",
+            "encryption": "aes128gcm16",
+            "integrity": None,
+            "prf": "prfsha256",
+            "ke": "x25519",
+            "established_for": 3600.0,
+            "rekey_in": 10000.0,
+        }
+    ],
+    "child_sas": [
+        {
+            "name": "web-db-sql",
+            "ike_sa": "web-db[1]",
+            "state": "INSTALLED",
+            "mode": "transport",
+            "protocol": "esp",
+            "encap": False,
+            "esn": False,
+            "spi_in": "c0ffee01",
+            "spi_out": "c0ffee02",
+            "algorithm": "aes128gcm16",
+            "local_ts": ["192.0.2.1/32"],
+            "remote_ts": ["192.0.2.2/32[tcp/5432]"],
+            "bytes_in": 123456,
+            "packets_in": 100,
+            "bytes_out": 654321,
+            "packets_out": 200,
+            "installed_for": 50.0,
+            "rekey_in": 3000.0,
+        }
+    ],
+    "recent_failures": [
+        {
+            "when": "12:00:00",
+            "peer": "198.51.100.7",
+            "reason": "authentication failed: <b>bad</b> PSK",
+            "notify": "AUTHENTICATION_FAILED",
+        }
+    ],
+}
+STATISTICS = {
+    "active_ike_sas": 1,
+    "active_child_sas": 1,
+    "bad_spi_packets": 3,
+    "authentication_failures": 1,
+    "replayed_packets": 0,
+}
+
+
+@pytest.fixture
+def daemon(tmp_path) -> Iterator[str]:
+    async def status(args: dict[str, Any]) -> Any:
+        return STATUS
+
+    async def statistics(args: dict[str, Any]) -> Any:
+        return STATISTICS
+
+    path = str(tmp_path / "control.sock")
+    with ServerThread(path, {"status": status, "statistics": statistics}):
+        yield path
+
+
+@pytest.fixture
+def monitor(daemon: str) -> Iterator[WebMonitor]:
+    with WebMonitor("127.0.0.1:0", socket_path=daemon, refresh=7) as running:
+        yield running
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_page_shows_both_tables_with_spis_and_failures(monitor: WebMonitor) -> None:
+    code, headers, body = get(monitor.url)
+    assert code == 200
+    assert headers["Content-Type"].startswith("text/html")
+    assert "script-src" not in headers["Content-Security-Policy"]
+    page = body.decode()
+    assert "Main Mode (IKE SAs)" in page and "Quick Mode (Child SAs)" in page
+    for spi in ("c0ffee01", "c0ffee02", "0123456789abcdef", "fedcba9876543210"):
+        assert spi in page
+    assert "120.6 KiB" in page and "639.0 KiB" in page  # bytes in / out
+    assert "Bad SPI packets" in page
+    assert "AUTHENTICATION_FAILED" in page
+    assert '<meta http-equiv="refresh" content="7">' in page
+
+
+def test_page_escapes_what_the_daemon_says(monitor: WebMonitor) -> None:
+    page = get(monitor.url)[2].decode()
+    assert "<script>" not in page and "<b>bad</b>" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;&#x27;" in page
+    assert "&lt;b&gt;bad&lt;/b&gt; PSK" in page
+
+
+def test_refresh_can_be_turned_off_per_request(monitor: WebMonitor) -> None:
+    page = get(monitor.url + "?refresh=0")[2].decode()
+    assert 'http-equiv="refresh"' not in page
+
+
+def test_api_is_the_control_api_unchanged(monitor: WebMonitor) -> None:
+    code, headers, body = get(monitor.url + "api/status")
+    assert code == 200 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == STATUS
+    code, _, body = get(monitor.url + "api/statistics")
+    assert code == 200 and json.loads(body) == STATISTICS
+
+
+def test_metrics_parse(monitor: WebMonitor) -> None:
+    code, headers, body = get(monitor.url + "metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("pyipsec_up", ())] == 1
+    assert samples[("pyipsec_child_sas", ())] == 1
+    assert samples[("pyipsec_bad_spi_packets_total", ())] == 3
+    inbound = [
+        v for (name, labels), v in samples.items() if name == "pyipsec_child_sa_bytes_in_total"
+    ]
+    assert inbound == [123456]
+
+
+def test_head_unknown_path_and_post(monitor: WebMonitor) -> None:
+    request = urllib.request.Request(monitor.url + "api/status", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and response.read() == b""
+        assert int(response.headers["Content-Length"]) > 0
+    assert get(monitor.url + "nothing")[0] == 404
+    request = urllib.request.Request(monitor.url, data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 405
+    stats = monitor.statistics()
+    assert stats.not_found == 2 and stats.requests == 3 and stats.unauthorized == 0
+
+
+def test_daemon_down_is_503_and_a_banner_and_up_zero(tmp_path) -> None:
+    with WebMonitor("127.0.0.1:0", socket_path=str(tmp_path / "none.sock")) as monitor:
+        code, _, body = get(monitor.url)
+        assert code == 503
+        assert "Daemon unreachable" in body.decode()
+        assert "the daemon is not running" in body.decode()
+        code, _, body = get(monitor.url + "api/status")
+        assert code == 503 and "not running" in json.loads(body)["error"]
+        code, _, body = get(monitor.url + "metrics")
+        assert code == 200
+        assert "pyipsec_up 0.0" in body.decode()
+        stats = monitor.statistics()
+        assert stats.daemon_errors == 2 and stats.scrape_failures == 1 and stats.scrapes == 1
+
+
+def test_non_loopback_without_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="refusing to listen on non-loopback"):
+        WebMonitor("0.0.0.0:0")
+    with pytest.raises(ConfigError, match="refusing"):
+        WebMonitor("[::]:0")
+
+
+def test_token_file_must_be_0600(tmp_path) -> None:
+    path = tmp_path / "token"
+    path.write_text("a" * 32)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="group or others") as info:
+        WebMonitor("0.0.0.0:0", token_file=str(path))
+    assert "a" * 32 not in str(info.value)
+    path.chmod(0o600)
+    path.write_text("short")
+    with pytest.raises(ConfigError, match="fewer than 16"):
+        read_token(str(path))
+    with pytest.raises(ConfigError, match="cannot open"):
+        read_token(str(tmp_path / "missing"))
+
+
+def test_create_token_file(tmp_path) -> None:
+    path = str(tmp_path / "token")
+    create_token_file(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert len(read_token(path)) >= 32
+    with pytest.raises(ConfigError, match="exists"):
+        create_token_file(path)
+
+
+def test_basic_auth_with_token(daemon: str, tmp_path) -> None:
+    path = str(tmp_path / "token")
+    create_token_file(path)
+    token = read_token(path)
+    with WebMonitor("127.0.0.1:0", socket_path=daemon, token_file=path) as monitor:
+        assert token not in repr(monitor)
+        code, headers, _ = get(monitor.url)
+        assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")
+
+        def auth(password: str) -> dict[str, str]:
+            value = base64.b64encode(f"admin:{password}".encode()).decode()
+            return {"Authorization": f"Basic {value}"}
+
+        assert get(monitor.url, auth("wrong-token-wrong-token"))[0] == 401
+        assert get(monitor.url, {"Authorization": "Basic %%%"})[0] == 401
+        code, _, body = get(monitor.url + "api/status", auth(token))
+        assert code == 200 and json.loads(body) == STATUS
+        assert monitor.statistics().unauthorized == 3
+
+
+def test_non_loopback_with_token_binds(daemon: str, tmp_path) -> None:
+    path = str(tmp_path / "token")
+    create_token_file(path)
+    with WebMonitor("0.0.0.0:0", socket_path=daemon, token_file=path) as monitor:
+        host, port = monitor.address
+        assert port > 0
+        code, _, _ = get(f"http://127.0.0.1:{port}/")
+        assert code == 401
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:9443") == ("127.0.0.1", 9443)
+    assert parse_listen("[::1]:80") == ("::1", 80)
+    assert is_loopback("::1") and is_loopback("127.0.0.2") and not is_loopback("10.0.0.1")
+    for bad in ("localhost:80", "127.0.0.1", "127.0.0.1:x", "1.2.3.4:70000", ":80"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
+
+
+def test_port_in_use_is_a_config_error(monitor: WebMonitor) -> None:
+    with pytest.raises(ConfigError, match="cannot listen"):
+        WebMonitor(f"127.0.0.1:{monitor.address[1]}").start()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_headless_screenshot(monitor: WebMonitor, tmp_path) -> None:
+    shot = tmp_path / "monitor.png"
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    completed = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--window-size=1600,1000",
+            f"--screenshot={shot}",
+            monitor.url + "?refresh=0",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    keep = os.environ.get("PYIPSEC_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep)
