@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -133,12 +134,14 @@ class Daemon:
 
 def setup(interop, topo, esp: str, *, child_kw: dict | None = None,
           conn_kw: dict | None = None, py_child: dict | None = None,
-          py_conn: dict | None = None) -> tuple[Charon, Daemon]:  # fmt: skip
+          py_conn: dict | None = None, charon_secret: bytes | None = None,
+          retransmit: strongswan.Retransmit | None = None) -> tuple[Charon, Daemon]:  # fmt: skip
     secret = os.urandom(32)
     child = Child("t-c", [f"{INNER_A}/32"], [f"{INNER_B}/32"], esp_proposals=[esp],
                   **(child_kw or {}))  # fmt: skip
     conn = Connection("t", [A], [B], CHARON_ID, PY_ID, [child], encap=True, **(conn_kw or {}))
-    charon = interop.charon(Charon(topo.a.ns, [conn], [Psk((CHARON_ID, PY_ID), secret)]))
+    psks = [Psk((CHARON_ID, PY_ID), charon_secret or secret)]
+    charon = interop.charon(Charon(topo.a.ns, [conn], psks, retransmit=retransmit))
     charon.start()
     connection = {
         "local_addrs": [B],
@@ -267,3 +270,93 @@ def test_traffic_across_rekeys(side: str, topo, interop) -> None:
     res = ping(topo, count=2)
     assert res.returncode == 0, res.stdout.decode()
     check_wire(interop)
+
+
+# --------------------------------------------------------------------------- daemon-level failures
+
+#: problem -> (charon settings, pyipsec settings, notify the daemon reports, charon's log
+#: line when pyipsec initiates, when charon initiates)
+PROBLEMS = {
+    "psk": ("AUTHENTICATION_FAILED", "MAC mismatched", "AUTHENTICATION_FAILED notify"),
+    "proposal": ("NO_PROPOSAL_CHOSEN", "received proposals unacceptable",
+                 "received NO_PROPOSAL_CHOSEN notify error"),
+    "selectors": ("TS_UNACCEPTABLE", "unacceptable", "received TS_UNACCEPTABLE notify"),
+}  # fmt: skip
+
+
+def status_json(daemon: Daemon) -> dict:
+    """What an administrator sees: ``pyipsec status --json`` through the control socket."""
+    import json
+
+    res = subprocess.run(
+        [sys.executable, "-m", "pyipsec", "status", "--json", "--socket", daemon.socket],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_daemon_reports_failure(problem: str, side: str, topo, interop) -> None:
+    """A negotiation that cannot succeed fails cleanly on both sides, and each says why:
+    ``pyipsec status`` lists the failure with its notify, charon's log has the reason."""
+    py_child: dict = {}
+    py_conn: dict = {}
+    conn_kw: dict = {}
+    if problem == "proposal":
+        py_conn = {"proposals": ["aes256-sha256-modp2048"]}
+        conn_kw = {"ike_proposals": ["aes256gcm16-prfsha384-ecp384"]}
+    elif problem == "selectors":
+        py_child = {"local_ts": ["10.77.0.0/16"], "remote_ts": ["10.78.0.0/16"]}
+    charon, daemon = setup(
+        interop, topo, "aes128gcm16", py_child=py_child, py_conn=py_conn, conn_kw=conn_kw,
+        charon_secret=os.urandom(32) if problem == "psk" else None,
+        retransmit=strongswan.FAST_RETRANSMIT,
+    )  # fmt: skip
+    notify, log_ours, log_theirs = PROBLEMS[problem]
+    if side == "pyipsec":
+        daemon.call("up", name="t-c")
+    else:
+        with pytest.raises(RuntimeError):
+            charon.initiate("t-c", timeout=6)
+    deadline = time.monotonic() + 20
+    while True:
+        failures = status_json(daemon)["recent_failures"]
+        if failures:
+            break
+        assert time.monotonic() < deadline, daemon.log_text()[-4000:]
+        time.sleep(0.2)
+    assert failures[0]["notify"] == notify, failures
+    assert failures[0]["reason"], failures
+    charon.wait_for_log(log_ours if side == "pyipsec" else log_theirs)
+    assert daemon.child_sas() == [] and charon.child_sas() == []
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("killed", ["charon", "pyipsec"])
+def test_daemon_dpd(killed: str, side: str, topo, interop) -> None:
+    """A crashed peer (SIGKILL: no DELETE) is noticed by the survivor's DPD, which removes
+    the SAs."""
+    charon, daemon = setup(interop, topo, "aes128gcm16", conn_kw={"dpd_delay": "1s"},
+                           py_conn={"dpd_delay": "1s", "retransmit_timeout": "0.5s",
+                                    "retransmit_tries": 2},
+                           retransmit=strongswan.FAST_RETRANSMIT)  # fmt: skip
+    bring_up(side, charon, daemon)
+    assert ping(topo, count=2).returncode == 0
+    if killed == "charon":
+        charon.kill()
+        deadline = time.monotonic() + 25
+        while status_json(daemon)["ike_sas"]:
+            assert time.monotonic() < deadline, daemon.log_text()[-4000:]
+            time.sleep(0.3)
+        assert daemon.child_sas() == []
+    else:
+        assert daemon.proc is not None
+        topo.b.stop(daemon.proc, signal.SIGKILL)
+        daemon.proc = None
+        charon.wait_for_log("giving up after", timeout=25)
+        deadline = time.monotonic() + 10
+        while charon.list_sas():
+            assert time.monotonic() < deadline, charon.log_text()[-3000:]
+            time.sleep(0.2)
