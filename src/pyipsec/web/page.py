@@ -56,7 +56,8 @@ section h2{font-size:15px;margin:0;padding:10px 14px;border-bottom:1px solid #d8
 background:#eef2f6}
 section h2 .count{color:#5b6776;font-weight:400}
 table{border-collapse:collapse;width:100%}
-th,td{padding:5px 10px;text-align:left;white-space:nowrap;border-bottom:1px solid #edf0f3}
+th,td{padding:5px 10px;vertical-align:middle;text-align:left;white-space:nowrap;
+border-bottom:1px solid #edf0f3}
 th{font-size:12px;color:#5b6776;font-weight:600}
 td{font-size:13px}
 tbody tr:nth-child(even){background:#f9fafb}
@@ -144,7 +145,11 @@ MAIN_MODE: list[Column] = [
         lambda r: "-" if "initiator" not in r else "initiator" if r["initiator"] else "responder",
         "",
     ),
-    ("SPIs (i / r)", lambda r: f"<code>{esc(r.get('spi_i'))} / {esc(r.get('spi_r'))}</code>", ""),
+    (
+        "SPI i / r",
+        lambda r: f"<code>{esc(r.get('spi_i'))}<br>{esc(r.get('spi_r'))}</code>",
+        "",
+    ),
     ("Established", lambda r: esc(human_seconds(r.get("established_for"))), "num"),
     ("Rekey in", lambda r: esc(human_seconds(r.get("rekey_in"))), "num"),
 ]
