@@ -305,3 +305,104 @@ def test_headless_screenshot(monitor: WebMonitor, tmp_path) -> None:
     keep = os.environ.get("PYIPSEC_KEEP_SCREENSHOT")
     if keep:
         shutil.copyfile(shot, keep)
+
+
+# ---------------------------------------------------------------- against real daemons
+
+A, B = "10.2.0.1", "10.2.0.2"
+
+
+def _daemon_config(directory, me: str, peer: str, start: str) -> str:
+    directory.mkdir()
+    secrets = directory / "secrets.yaml"
+    secrets.write_text('psk:\n  web-db: "shared secret key"\n')
+    os.chmod(secrets, 0o600)
+    path = directory / "pyipsec.yaml"
+    path.write_text(
+        f"secrets: secrets.yaml\n"
+        f"control_socket: {directory}/control.sock\n"
+        f"connections:\n"
+        f"  web-db:\n"
+        f"    local_addrs: [{me}]\n"
+        f"    remote_addrs: [{peer}]\n"
+        f"    local: {{auth: psk, id: {me}}}\n"
+        f"    remote: {{auth: psk, id: {peer}}}\n"
+        f"    children:\n"
+        f"      db: {{mode: transport, start_action: {start}}}\n"
+    )
+    return str(path)
+
+
+def test_monitor_of_two_real_daemons(tmp_path) -> None:
+    """Two daemon loops (fake network and data plane) negotiate; the page and the
+    metrics of daemon A show the Child SA the daemons really installed."""
+    import asyncio
+
+    from daemonfakes import FakeDataplane, FakeNetwork
+    from pyipsec.daemon.main import run
+
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+    paths = {
+        A: _daemon_config(tmp_path / "a", A, B, "start"),
+        B: _daemon_config(tmp_path / "b", B, A, "trap"),
+    }
+    planes = {A: FakeDataplane(), B: FakeDataplane()}
+    ready = {A: asyncio.Event(), B: asyncio.Event()}
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def start() -> None:
+        for me in (A, B):
+
+            def network_factory(receiver: Any, me: str = me) -> Any:
+                net.hosts[me] = receiver
+                return net.port(me)
+
+            tasks.append(
+                loop.create_task(
+                    run(
+                        paths[me],
+                        dataplane_factory=lambda cfg, lp, hooks, me=me: planes[me],
+                        network_factory=network_factory,
+                        ready=ready[me].set,
+                    )
+                )
+            )
+        await asyncio.wait_for(asyncio.gather(ready[A].wait(), ready[B].wait()), 5)
+
+        for _ in range(250):
+            if planes[A].installed and planes[B].installed:
+                return
+            await asyncio.sleep(0.02)
+
+    def in_thread(function: Any) -> Any:
+        return loop.run_until_complete(loop.run_in_executor(None, function))
+
+    try:
+        loop.run_until_complete(start())
+        assert planes[A].installed and planes[B].installed
+        spi_in = f"{next(iter(planes[A].installed)):08x}"
+        spi_out = f"{next(iter(planes[B].installed)):08x}"
+        socket_path = str(tmp_path / "a" / "control.sock")
+        with WebMonitor("127.0.0.1:0", socket_path=socket_path) as monitor:
+            code, _, body = in_thread(lambda: get(monitor.url))
+            page = body.decode()
+            assert code == 200 and spi_in in page and spi_out in page
+            assert "ESTABLISHED" in page and A in page and B in page
+            code, _, body = in_thread(lambda: get(monitor.url + "metrics"))
+        samples = [
+            s
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+            if s.name == "pyipsec_child_sa_bytes_in_total"
+        ]
+        assert len(samples) == 1
+        labels = samples[0].labels
+        assert (labels["spi_in"], labels["spi_out"], labels["remote"]) == (spi_in, spi_out, B)
+        assert (labels["name"], labels["mode"], labels["protocol"]) == ("db", "transport", "esp")
+        assert samples[0].value == 100  # what the fake data plane counts per SA
+    finally:
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
