@@ -45,7 +45,7 @@ ADDRS = {
     6: ("fd96::1", "fd96::2", "fd96:1::1", "fd96:2::1", 128),
 }
 MARKER = b"PYI-INTEROP-MARK"
-SIZE = 4 * 1024 * 1024
+SIZE = 20 * 1024 * 1024  # issue 6: a 20 MB transfer, hash checked
 PYIPSEC = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pyipsec")
 
 pytestmark = [
