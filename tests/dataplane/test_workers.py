@@ -101,3 +101,30 @@ def test_socket_sender_routes_and_counts_errors():
     # equal-size datagrams go out in one GSO sendmsg
     assert udp4.sent == [(b"x" * 10 + b"y" * 10, ("10.0.0.1", 4500))]
     assert s.send_errors == 2
+
+
+class EventSink:
+    def __init__(self):
+        self.events = []
+
+    def send(self, event):
+        self.events.append(event)
+
+
+def test_acquire_and_ike_events_reach_the_daemon_pipe():
+    import ipaddress
+
+    from pyipsec.dataplane.workers import _split_ike
+
+    events = EventSink()
+    w = OutboundWorker(FakeConn([]), FakeTun(), SocketSender(None, None, None, None), POL,
+                       events)  # fmt: skip
+    src, dst = ipaddress.IPv4Address("10.99.1.1").packed, ipaddress.IPv4Address("10.99.1.2").packed
+    udp = b"\x03\xe8\x07\xd0\x00\x0c\x00\x00abcd"
+    hdr = bytes([0x45, 0, 0, 20 + len(udp), 0, 0, 0, 0, 64, 17, 0, 0]) + src + dst
+    w.pipe.process([hdr + udp], 0.0)  # no SA yet: held, acquire reported
+    assert events.events == [("acquire", "ab", "ab", "10.99.1.1", "10.99.1.2")]
+    ike = b"\0\0\0\0" + b"IKE message"
+    rest = _split_ike([(ike, dst, src), (b"\0\0\x10\x01esp...", dst, src)], events)
+    assert rest == [(b"\0\0\x10\x01esp...", dst, src)]
+    assert events.events[-1] == ("ike", ike, ("10.99.1.2", 4500), ("10.99.1.1", 4500))
