@@ -380,6 +380,7 @@ def test_postgresql_store_end_to_end(scenario_root) -> None:
         as_pg(str(bindir / "createdb"), "-h", str(sock), "-p", "5439", "pyipsec")
         url = f"postgresql+psycopg://postgres@/pyipsec?host={sock}&port=5439"
         with Topology(tag="p") as topo:
+            topo.b.run("sysctl", "-qw", "net.ipv4.ip_forward=1")  # A <-> C through B
             sc = Scenario(topo, scenario_root, url)
             _assign(sc)
             sc.start_server()
