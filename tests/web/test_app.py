@@ -276,6 +276,88 @@ def test_port_in_use_is_a_config_error(monitor: WebMonitor) -> None:
         WebMonitor(f"127.0.0.1:{monitor.address[1]}").start()
 
 
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A P-256 certificate for 127.0.0.1 and its key (0600), made with cryptography."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pyipsec web test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = tmp_path / "web.crt"
+    key_path = tmp_path / "web.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return str(cert_path), str(key_path)
+
+
+def test_https_with_token(daemon: str, tmp_path) -> None:
+    import socket
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    token_path = str(tmp_path / "token")
+    create_token_file(token_path)
+    token = read_token(token_path)
+    value = base64.b64encode(f"admin:{token}".encode()).decode()
+    with WebMonitor(
+        "127.0.0.1:0", socket_path=daemon, token_file=token_path, tls_cert=cert, tls_key=key
+    ) as monitor:
+        assert monitor.url.startswith("https://127.0.0.1:")
+        # a client that speaks plain HTTP gets nothing, and the server goes on
+        with socket.create_connection(monitor.address, timeout=10) as plain:
+            plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert b"HTTP/1." not in plain.recv(4096)
+        context = ssl.create_default_context(cafile=cert)
+        request = urllib.request.Request(
+            monitor.url + "api/status", headers={"Authorization": f"Basic {value}"}
+        )
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            assert json.loads(response.read()) == STATUS
+        assert monitor.statistics().connection_errors == 1
+
+
+def test_tls_configuration_errors(tmp_path) -> None:
+    cert, key = _self_signed(tmp_path)
+    with pytest.raises(ConfigError, match="needs its key"):
+        WebMonitor("127.0.0.1:0", tls_cert=cert)
+    os.chmod(key, 0o640)
+    with pytest.raises(ConfigError, match="group or others"):
+        WebMonitor("127.0.0.1:0", tls_cert=cert, tls_key=key)
+    os.chmod(key, 0o600)
+    with pytest.raises(ConfigError, match="cannot load TLS"):
+        WebMonitor("127.0.0.1:0", tls_cert=key, tls_key=key)
+    with pytest.raises(ConfigError, match="not found"):
+        WebMonitor("127.0.0.1:0", tls_cert=str(tmp_path / "none.crt"), tls_key=key)
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_headless_screenshot(monitor: WebMonitor, tmp_path) -> None:
     shot = tmp_path / "monitor.png"

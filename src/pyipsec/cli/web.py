@@ -40,15 +40,38 @@ socket_option = click.option(
     help="0600 file with the HTTP Basic password; required off loopback",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PEM certificate (chain): serve HTTPS",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False), default=None, help="PEM key (0600) of --tls-cert"
+)
+@click.option(
     "--refresh",
     type=click.IntRange(0, 3600),
     default=5,
     show_default=True,
     help="seconds between page reloads (0: never)",
 )
-def web(listen: str, socket_path: str, token_file: str | None, refresh: int) -> None:
+def web(
+    listen: str,
+    socket_path: str,
+    token_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    refresh: int,
+) -> None:
     """Serve the SA monitor page, /api/status, /api/statistics and /metrics."""
-    monitor = WebMonitor(listen, socket_path=socket_path, token_file=token_file, refresh=refresh)
+    monitor = WebMonitor(
+        listen,
+        socket_path=socket_path,
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        refresh=refresh,
+    )
     monitor.start()
     click.echo(f"pyipsec web monitor on {monitor.url} (Ctrl-C stops)")
     try:

@@ -14,7 +14,10 @@ It binds 127.0.0.1:9443 by default. Binding to any other (non-loopback) address
 requires a token file (0600, not readable by group or others): every request must then
 carry HTTP Basic credentials whose password is the token (any user name). Without a
 token the server refuses to start, so the monitor is never open to the network by
-mistake. The token never appears in logs, repr() or error messages.
+mistake. The token never appears in logs, repr() or error messages. With a certificate
+and a (0600) key the server speaks HTTPS only (TLS 1.2 or later), so that the token
+does not cross the network in clear; the TLS handshake runs in the request's thread,
+so a slow client cannot stall the others.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import stat
 import threading
 from dataclasses import dataclass
@@ -66,6 +70,7 @@ class WebStatistics:
     not_found: int  #: requests for an unknown path or with a method other than GET/HEAD
     unauthorized: int  #: requests refused for missing or wrong credentials
     daemon_errors: int  #: requests the daemon could not answer (503)
+    connection_errors: int  #: connections that failed (TLS handshake, client gone, timeout)
     scrapes: int  #: /metrics scrapes
     scrape_failures: int  #: scrapes that reported pyipsec_up 0
 
@@ -93,29 +98,51 @@ def is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
 
 
-def read_token(path: str) -> str:
-    """The token in ``path``; the file must be a regular file readable by its owner only."""
+def _read_private(path: str, what: str, limit: int) -> bytes:
+    """The content of ``path``, a regular file readable by its owner only (keys, tokens)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise ConfigError(f"cannot open token file: {exc.strerror}", file=path) from None
+        raise ConfigError(f"cannot open {what}: {exc.strerror}", file=path) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError("token file is not a regular file", file=path)
+            raise ConfigError(f"{what} is not a regular file", file=path)
         if info.st_mode & 0o077:
             raise ConfigError(
-                f"token file is accessible by group or others (mode {info.st_mode & 0o777:o}); "
+                f"{what} is accessible by group or others (mode {info.st_mode & 0o777:o}); "
                 "chmod 600 it",
                 file=path,
             )
-        data = os.read(fd, 4096)
+        return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def read_token(path: str) -> str:
+    """The token in ``path``; the file must be a regular file readable by its owner only."""
+    data = _read_private(path, "token file", 4096)
     token = data.decode("utf-8", "replace").strip()
     if len(token) < 16:
         raise ConfigError("token file holds fewer than 16 characters", file=path)
     return token
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS 1.2+ server context; the key file must be private (0600) like any key."""
+    _read_private(key_file, "TLS key file", 1)  # permission check only
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except FileNotFoundError:
+        raise ConfigError("TLS certificate not found", file=cert_file) from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or "invalid"
+        raise ConfigError(
+            f"cannot load TLS certificate and key: {reason}", file=cert_file
+        ) from None
+    return context
 
 
 def create_token_file(path: str) -> None:
@@ -136,7 +163,14 @@ def create_token_file(path: str) -> None:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "pyipsec-web"
     sys_version = ""
+    timeout = 30  # seconds a client may take per read: idle connections do not pile up
     monitor: WebMonitor  # set on the subclass made per server
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # here, in the request's thread
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -241,11 +275,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    monitor: WebMonitor  # set on the subclass made per server
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A failed connection (TLS handshake, client gone) is counted, not printed."""
+        self.monitor._count("connection_errors")
+        log.debug("connection from %s failed", client_address[0], exc_info=True)
+
+
 class WebMonitor:
     """The web monitor server. ``start()`` binds and serves in a thread, ``close()`` stops.
 
     ``listen`` is ``ADDR:PORT`` (port 0 picks a free one: see :attr:`address`);
-    ``token_file`` is required unless ``ADDR`` is a loopback address.
+    ``token_file`` is required unless ``ADDR`` is a loopback address; ``tls_cert`` and
+    ``tls_key`` (both or neither) make it HTTPS.
     """
 
     def __init__(
@@ -254,6 +299,8 @@ class WebMonitor:
         *,
         socket_path: str = DEFAULT_SOCKET,
         token_file: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
         refresh: int = 5,
         timeout: float = 5.0,
     ) -> None:
@@ -265,18 +312,31 @@ class WebMonitor:
                 "(--token-file)",
                 key="listen",
             )
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("a TLS certificate needs its key and the other way round", key="tls")
+        self._tls = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+        if self._tls is None and not is_loopback(self.host):
+            log.warning(
+                "web monitor on %s without TLS: the token crosses the network in clear",
+                self.host,
+            )
         self.socket_path = socket_path
         self.refresh = max(0, refresh)
         self.timeout = timeout
         self.collector = DaemonCollector(socket_path, timeout=timeout)
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(("requests", "not_found", "unauthorized", "daemon_errors"), 0)
-        self._server: ThreadingHTTPServer | None = None
+        self._counts = dict.fromkeys(
+            ("requests", "not_found", "unauthorized", "daemon_errors", "connection_errors"), 0
+        )
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         auth = "token" if self._token is not None else "none"
-        return f"WebMonitor(listen={self.host}:{self.port}, socket={self.socket_path}, auth={auth})"
+        return (
+            f"WebMonitor(listen={self.host}:{self.port}, socket={self.socket_path}, "
+            f"auth={auth}, tls={self._tls is not None})"
+        )
 
     def client(self) -> ControlClient:
         return ControlClient(self.socket_path, timeout=self.timeout)
@@ -291,22 +351,23 @@ class WebMonitor:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
     def start(self) -> WebMonitor:
         handler = type("Handler", (_Handler,), {"monitor": self})
-        server_class = ThreadingHTTPServer
-        if ":" in self.host:
-            server_class = type(
-                "Server6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6}
-            )
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_class = type("Server", (_Server,), {"monitor": self, "address_family": family})
         try:
             self._server = server_class((self.host, self.port), handler)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {self.host}:{self.port}: {exc.strerror}", key="listen"
             ) from None
-        self._server.daemon_threads = True
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="pyipsec-web", daemon=True
         )
@@ -359,6 +420,7 @@ class WebMonitor:
             not_found=counts["not_found"],
             unauthorized=counts["unauthorized"],
             daemon_errors=counts["daemon_errors"],
+            connection_errors=counts["connection_errors"],
             scrapes=scrape.scrapes,
             scrape_failures=scrape.failures,
         )
