@@ -137,3 +137,24 @@ def test_daemon_not_running_is_a_clear_error(tmp_path, capsys) -> None:
     finally:
         sys.argv = argv
     assert "the daemon is not running" in capsys.readouterr().err
+
+
+def test_status_shows_the_applied_policy(tmp_path) -> None:
+    policy = {
+        "name": "Web App Encrypt",
+        "version": 2,
+        "source": "https://10.0.0.9:8443",
+        "applied_at": 1780000000.0,
+        "last_error": "policy refused: bad signature",
+    }
+
+    async def status(args: dict[str, Any]) -> Any:
+        return {**STATUS, "policy": policy}
+
+    path = str(tmp_path / "control.sock")
+    with ServerThread(path, {"status": status}):
+        out = run(path, "status").output
+        assert "Policy: 'Web App Encrypt' version 2 from https://10.0.0.9:8443" in out
+        assert "last policy error: policy refused: bad signature" in out
+        policy.update(name=None, version=None)
+        assert "Policy: none applied (source https://10.0.0.9:8443)" in run(path, "status").output

@@ -66,6 +66,7 @@ def status(socket_path: str, as_json: bool, watch: float | None) -> None:
         click.echo("")
         click.echo(f"Quick Mode (Child SAs): {len(result.get('child_sas', []))}")
         click.echo(quick_mode_table(result.get("child_sas", [])))
+        _show_policy(result.get("policy"))
         failures = result.get("recent_failures") or []
         if failures:
             click.echo("")
@@ -77,6 +78,22 @@ def status(socket_path: str, as_json: bool, watch: float | None) -> None:
                 )
 
     _repeat(watch, show)
+
+
+def _show_policy(policy: dict[str, Any] | None) -> None:
+    """The applied policy (daemons with a ``policy:`` section): name, version, source."""
+    if not policy:
+        return
+    click.echo("")
+    if policy.get("name"):
+        version = f" version {policy['version']}" if policy.get("version") is not None else ""
+        applied = policy.get("applied_at")
+        when = time.strftime(" (applied %H:%M:%S)", time.localtime(applied)) if applied else ""
+        click.echo(f"Policy: {policy['name']!r}{version} from {policy.get('source')}{when}")
+    else:
+        click.echo(f"Policy: none applied (source {policy.get('source')})")
+    if policy.get("last_error"):
+        click.echo(f"  last policy error: {policy['last_error']}")
 
 
 @click.command()
