@@ -49,6 +49,8 @@ def test_error_banner_replaces_tables() -> None:
     page = render_page(None, None, error="the daemon is not running <x>")
     assert "Daemon unreachable" in page and "not running &lt;x&gt;" in page
     assert "Main Mode (IKE SAs)" not in page
+    assert "daemon up" not in page
+    assert "daemon up 1h 02m" in render_page({"uptime": 3723, "version": "9"}, {})
 
 
 def test_empty_daemon_and_refresh() -> None:

@@ -273,8 +273,13 @@ def render_page(
         "<title>pyipsec - IP Security Monitor</title>",
         f"<style>{CSS}</style></head><body>",
         "<header><h1>IP Security Monitor</h1>",
-        f'<span class="meta">pyipsec {esc(status.get("version"))}</span>',
-        f'<span class="meta">daemon up {esc(human_seconds(status.get("uptime")))}</span>',
+    ]
+    if status.get("version") is not None:
+        parts.append(f'<span class="meta">pyipsec {esc(status.get("version"))}</span>')
+    if status.get("uptime") is not None:
+        uptime = esc(human_seconds(status.get("uptime")))
+        parts.append(f'<span class="meta">daemon up {uptime}</span>')
+    parts += [
         f'<span class="meta">updated {esc(stamp)}'
         + (f", every {int(refresh)}s" if refresh > 0 else "")
         + "</span></header><main>",
