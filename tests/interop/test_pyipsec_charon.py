@@ -1,15 +1,16 @@
-"""pyipsec against strongSwan, end to end: pyipsec's IKEv2 negotiates with a real charon,
-pyipsec's user-space data plane carries the traffic of the negotiated Child SA, and
-charon's kernel-libipsec is the other end of the ESP-in-UDP tunnel (issue 6 groundwork).
+"""pyipsec against strongSwan over IPv6, end to end: pyipsec's IKEv2 negotiates with a real
+charon over IPv6, pyipsec's user-space data plane carries the traffic of the negotiated
+Child SA, and charon's kernel-libipsec is the other end of the ESP-in-UDP tunnel.
 
 Both directions of IKE: pyipsec initiates to charon, and charon initiates to pyipsec.
-The IKE side runs in the test process through tests/pyipsec_peer.py (the daemon of issue
-5 will own it); the data plane is ``pyipsec dataplane --static`` fed with the keys IKE
-negotiated. Checks: both sides agree on SPIs and algorithms, ping and a hash-checked TCP
-transfer cross the tunnel, charon counts the packets it decrypted, and a capture on the
-veth shows only UDP 4500 between the hosts and never the plaintext marker. (The IKE-only
-interop matrix is tests/interop/test_ike_interop.py; ``side`` names the initiator, as
-there, so these cases join its printed matrix.)
+The IKE side runs in the test process through tests/pyipsec_peer.py; the data plane is
+``pyipsec dataplane --static`` fed with the keys IKE negotiated. Checks: both sides agree
+on SPIs and algorithms, ping and a 20 MB hash-checked TCP transfer cross the tunnel,
+charon counts the bytes it decrypted, and a capture on the veth shows only UDP 4500
+between the hosts and never the plaintext marker. The IPv4 cases (every ESP algorithm,
+rekeys, through ``pyipsec daemon``) are tests/interop/test_traffic_interop.py; the test
+takes ``family`` so IPv4 cases can be added here if that path needs them. ``side`` names
+the initiator, as there, so these cases join the printed interop matrix.
 """
 
 from __future__ import annotations
@@ -89,9 +90,7 @@ def _wait_for_tun(ns: str, proc: subprocess.Popen, timeout: float = 20.0) -> Non
 
 
 @pytest.mark.parametrize("side", ["pyipsec", "charon"])
-@pytest.mark.parametrize(
-    ("esp", "family"), [("aes128gcm16", 4), ("chacha20poly1305", 4), ("aes128gcm16", 6)]
-)
+@pytest.mark.parametrize(("esp", "family"), [("aes128gcm16", 6)])
 def test_pyipsec_and_charon_tunnel(side: str, esp: str, family: int, tmp_path: Path) -> None:
     from pyipsec.ike.events import ChildSaInstalled, IkeSaUp
     from pyipsec_peer import IkePeer, static_sa_yaml, write_secret_file
