@@ -361,3 +361,19 @@ def test_no_policy_at_all_leaves_the_daemon_running_without_one(env, tmp_path, c
     status = runner.applier.status()
     assert status["name"] is None and status["last_error"]
     assert runner.applier.statistics().policy_failures == 1
+
+
+def test_a_verified_policy_that_cannot_apply_here_is_reported_failed(env, tmp_path, central):
+    runner = start(env, server_host(tmp_path, central), A)
+    central.store.edit_policy(
+        "Web App Encrypt",
+        policy_text(a=A, b=B).replace("psk: web-db", "psk: not-in-store"),
+        author="admin",
+        now=time.time(),
+    )
+    with pytest.raises(PolicyApplyError, match="no secret named 'not-in-store'"):
+        env.run(runner.update())
+    records = central.store.applied("hosta")
+    failed = [r for r in records if r.status == "failed"]
+    assert [r.version for r in failed] == [2] and "not-in-store" in failed[0].detail
+    assert runner.applier.status()["version"] == 1  # v1 stays in effect
