@@ -47,9 +47,16 @@ def worker_pids(pid: int) -> list[int]:
     return kids
 
 
+_NATIVE_WAITS = ("epoll_wait", "epoll_pwait", "__poll", "poll", "ppoll", "select", "pselect")
+
+
 def _is_wait(frame: str, cache: dict[str, bool]) -> bool:
-    """True if the frame's source line is a poll()/select() call: waiting, not working."""
+    """True if the frame is waiting, not working: a Python line calling poll()/select(),
+    or (with --native) the C function doing the wait."""
     if frame not in cache:
+        if frame.split(" (", 1)[0] in _NATIVE_WAITS:
+            cache[frame] = True
+            return True
         m = _FRAME.match(frame)
         text = ""
         for root in _ROOTS if m else []:
