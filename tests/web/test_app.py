@@ -271,6 +271,23 @@ def test_parse_listen() -> None:
             parse_listen(bad)
 
 
+def test_ipv6_loopback(daemon: str) -> None:
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        monitor = WebMonitor("[::1]:0", socket_path=daemon).start()
+    except ConfigError as exc:
+        pytest.skip(f"cannot bind ::1: {exc}")
+    try:
+        assert monitor.url.startswith("http://[::1]:")
+        code, _, body = get(monitor.url + "api/statistics")
+        assert code == 200 and json.loads(body) == STATISTICS
+    finally:
+        monitor.close()
+
+
 def test_port_in_use_is_a_config_error(monitor: WebMonitor) -> None:
     with pytest.raises(ConfigError, match="cannot listen"):
         WebMonitor(f"127.0.0.1:{monitor.address[1]}").start()
