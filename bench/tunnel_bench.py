@@ -9,7 +9,8 @@ iperf3 TCP from A to B (``--duration`` seconds, ``--runs`` times, median) throug
 3. pyipsec tunnel mode, ESP-in-UDP, aes128gcm16, manual keys
    (``pyipsec dataplane --static FILE`` in each namespace);
 4. pyipsec transport mode, raw ESP, aes128gcm16, manual keys;
-5. (``mixed``, only when named) pyipsec's IKEv2 and data plane in A against charon in B.
+5. (``mixed``, only when named) pyipsec's IKEv2 and data plane in A against charon in B;
+6. (``daemon``, only when named) ``pyipsec daemon`` on both sides, keyed by IKEv2.
 
 Tunnel variants carry traffic between inner addresses on each side's loopback
 (10.97.1.1 <-> 10.97.2.1); the outer addresses are the veth ones (10.97.0.1/.2). Each
@@ -60,8 +61,9 @@ LABELS = {
     "pyipsec-tunnel": "pyipsec tunnel ESP-in-UDP aes128gcm16",
     "pyipsec-transport": "pyipsec transport raw ESP aes128gcm16",
     "mixed": "pyipsec (IKE + data plane) A <-> strongSwan B, tunnel",
+    "daemon": "pyipsec daemon <-> pyipsec daemon (IKEv2), tunnel UDP",
 }
-OPTIONAL = ("mixed",)  #: run only when named in --variants
+OPTIONAL = ("mixed", "daemon")  #: run only when named in --variants
 
 
 LOCK_PATH = "/run/pyi-tunnel-bench.lock"
@@ -393,12 +395,93 @@ def bench_mixed(result: Result, args: argparse.Namespace, workdir: Path) -> None
         measure(result, INNER_A, INNER_B, args, (NS_A, "pyipsec0"))
 
 
+def _daemon_config(side: str, workdir: Path, psk: bytes) -> tuple[Path, str]:
+    """Config (and its control socket) of ``pyipsec daemon`` for ``side`` of the tunnel."""
+    import yaml
+
+    me, peer = (OUTER_A, OUTER_B) if side == "a" else (OUTER_B, OUTER_A)
+    local, remote = (INNER_A, INNER_B) if side == "a" else (INNER_B, INNER_A)
+    ids = {"a": "a@bench", "b": "b@bench"}
+    secrets = workdir / f"daemon-{side}-secrets.yaml"
+    fd = os.open(secrets, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'psk:\n  bench: "0x{psk.hex()}"\n')
+    sock = str(workdir / f"daemon-{side}.sock")
+    doc = {
+        "secrets": str(secrets),
+        "control_socket": sock,
+        "connections": {
+            "bench": {
+                "local_addrs": [me],
+                "remote_addrs": [peer],
+                "proposals": ["aes128gcm16-prfsha256-x25519"],
+                "local": {"auth": "psk", "id": ids[side]},
+                "remote": {"auth": "psk", "id": ids["b" if side == "a" else "a"]},
+                "encap": True,
+                "children": {
+                    "bench": {
+                        "local_ts": [f"{local}/32"],
+                        "remote_ts": [f"{remote}/32"],
+                        "mode": "tunnel",
+                        "esp_proposals": ["aes128gcm16"],
+                    }
+                },
+            }
+        },
+    }
+    path = workdir / f"daemon-{side}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path, sock
+
+
+def bench_daemon(result: Result, args: argparse.Namespace, workdir: Path) -> None:
+    """pyipsec daemon in each namespace: IKEv2 between them, then their data planes."""
+    from pyipsec.control.client import ControlClient
+
+    psk = os.urandom(32)
+    with netns_pair(), contextlib.ExitStack() as stack:
+        socks: dict[str, str] = {}
+        for side, ns in (("a", NS_A), ("b", NS_B)):
+            config, sock = _daemon_config(side, workdir, psk)
+            log = open(workdir / f"daemon-{side}.log", "wb")  # noqa: SIM115
+            stack.callback(log.close)
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "pyipsec", "daemon",
+                 "--config", str(config)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            stack.callback(kill_leftovers, ns)
+            stack.callback(stop_process, proc)
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    raise Skip(f"pyipsec daemon in {ns} exited {proc.returncode}")
+                try:
+                    ControlClient(sock, timeout=5).call("version")
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    if time.monotonic() > deadline:
+                        raise Skip(f"pyipsec daemon in {ns}: no control socket") from None
+                    time.sleep(0.1)
+            socks[side] = sock
+        ControlClient(socks["a"], timeout=10).call("up", name="bench")
+        deadline = time.monotonic() + 20
+        while not all(ControlClient(s, timeout=5).call("status")["child_sas"] for s in
+                      socks.values()):  # fmt: skip
+            if time.monotonic() > deadline:
+                raise Skip("the daemons did not establish the Child SA within 20 s")
+            time.sleep(0.1)
+        wait_ping(NS_A, INNER_A, INNER_B)
+        measure(result, INNER_A, INNER_B, args, (NS_A, "pyipsec0"))
+
+
 BENCHES: dict[str, Callable[[Result, argparse.Namespace, Path], None]] = {
     "plain": bench_plain,
     "strongswan": bench_strongswan,
     "pyipsec-tunnel": bench_pyipsec("tunnel"),
     "pyipsec-transport": bench_pyipsec("transport"),
     "mixed": bench_mixed,
+    "daemon": bench_daemon,
 }
 
 
