@@ -352,6 +352,15 @@ def test_unreachable_server_at_start_uses_the_cached_policy(env, tmp_path, centr
     # and later updates say so, keeping it
     with pytest.raises(PolicyApplyError, match="unreachable.*keeping current policy"):
         env.run(runner.update(force=True))
+    # a reload (edited file) still applies, on the cached policy, and says so
+    with open(path) as handle:
+        text = handle.read()
+    with open(path, "w") as handle:
+        handle.write("log_level: warning\n" + text)
+    result = env.run(runner.update(rebuild=True, reason="reload"))
+    assert result["applied"] and "using the cached policy" in result["message"]
+    assert runner.daemon.config.log_level == "warning"
+    assert runner.daemon.config.policy_connections == frozenset({f"web-db-{B}"})
 
 
 def test_no_policy_at_all_leaves_the_daemon_running_without_one(env, tmp_path, central) -> None:

@@ -7,7 +7,10 @@ It wires the real boundaries around :class:`pyipsec.daemon.core.Daemon`:
   per-direction workers),
 * the control socket (status, statistics, up/down/rekey, reload, events),
 * signals: SIGTERM/SIGINT stop cleanly (Delete sent for every IKE SA; the kernel state
-  stays so protected peers exchange no plaintext until ``pyipsec flush``), SIGHUP reloads.
+  stays so protected peers exchange no plaintext until ``pyipsec flush``), SIGHUP reloads;
+* with a ``policy:`` section, the policy (:mod:`pyipsec.daemon.policy`): applied before
+  the daemon starts, re-applied on reload, pulled at the polling interval and on
+  ``policy-update`` (``pyipsec policy update``).
 
 A configuration that does not validate is refused, on start and on reload; a running
 daemon keeps its configuration and its SAs.

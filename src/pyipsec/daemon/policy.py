@@ -265,8 +265,12 @@ class PolicyApplier:
         policy = load_policy_text(text, file=path, base_dir=base)
         return policy, text, path, hashlib.sha256(text.encode()).hexdigest()
 
-    def _from_server(self, now: float, first: bool) -> tuple[Any, Any, bool, str | None]:
-        """(policy, envelope, changed, warning) from the server; raises when refused."""
+    def _from_server(self, now: float, fallback: bool) -> tuple[Any, Any, bool, str | None]:
+        """(policy, envelope, changed, warning) from the server; raises when refused.
+
+        ``fallback`` (starting, or rebuilding on reload): when the server cannot be
+        reached or its answer is refused, the last good envelope is used, with a warning.
+        """
         from pyipsec.policy.client import PolicyUpdateError
         from pyipsec.policy.loader import load_policy_text
 
@@ -276,9 +280,9 @@ class PolicyApplier:
             result = client.fetch(now)
             envelope, changed, policy = result.envelope, result.changed, result.policy
         except PolicyUpdateError as exc:
-            if not first or exc.kept is None:
+            if not fallback or exc.kept is None:
                 raise
-            # starting: the last good envelope (verified again) stands in for the server
+            # the last good envelope (verified again) stands in for the server
             envelope, changed, policy = exc.kept, True, None
             warning = f"{exc.reason}; using the cached policy"
         if policy is None or not hasattr(policy, "rules"):
@@ -296,7 +300,7 @@ class PolicyApplier:
         envelope = None
         warning = None
         if self.settings.server is not None:
-            policy, envelope, _fresh, warning = self._from_server(now, first)
+            policy, envelope, _fresh, warning = self._from_server(now, first or rebuild)
             text_sha, version, source = envelope.sha256, envelope.version, self.settings.source
         else:
             policy, _text, source, text_sha = self._from_file()
