@@ -213,3 +213,33 @@ def test_metric_name() -> None:
     assert metric_name("4xx") == "_4xx"
     with pytest.raises(MetricsError):
         metric_name("---")
+
+
+def test_policy_metrics() -> None:
+    from prometheus_client.core import CollectorRegistry
+
+    policy = {
+        "name": "web-db",
+        "version": 3,
+        "source": "/etc/pyipsec/policy.yaml",
+        "mode": "file",
+        "applied_at": 1700000000.0,
+        "spd_entries": 4,
+        "last_error": "signature check failed",
+    }
+
+    class Fake:
+        def call(self, command: str) -> Any:
+            return {"policy": policy} if command == "status" else {}
+
+    registry: CollectorRegistry = make_registry(DaemonCollector(client_factory=Fake))
+    labels = {"name": "web-db", "version": "3", "source": policy["source"], "mode": "file"}
+    assert registry.get_sample_value("pyipsec_policy_info", labels) == 1
+    assert registry.get_sample_value("pyipsec_policy_error") == 1
+    assert registry.get_sample_value("pyipsec_policy_spd_entries") == 4
+    assert registry.get_sample_value("pyipsec_policy_applied_timestamp_seconds") == 1.7e9
+    policy["last_error"] = None
+    assert registry.get_sample_value("pyipsec_policy_error") == 0
+    assert status_metrics({}) == status_metrics({"policy": None})
+    with pytest.raises(MetricsError):
+        status_metrics({"policy": "x"})

@@ -74,6 +74,15 @@ STATUS: dict[str, Any] = {
             "rekey_in": 3000.0,
         }
     ],
+    "policy": {
+        "name": "web-db",
+        "version": 3,
+        "source": "https://192.0.2.10:8443/",
+        "mode": "server",
+        "applied_at": 1700000000.0,
+        "spd_entries": 4,
+        "last_error": None,
+    },
     "recent_failures": [
         {
             "when": "12:00:00",
@@ -133,6 +142,7 @@ def test_page_shows_both_tables_with_spis_and_failures(monitor: WebMonitor) -> N
     assert "Bad SPI packets" in page
     assert "AUTHENTICATION_FAILED" in page
     assert '<meta http-equiv="refresh" content="7">' in page
+    assert "<strong>Policy</strong> web-db version 3" in page
 
 
 def test_page_escapes_what_the_daemon_says(monitor: WebMonitor) -> None:

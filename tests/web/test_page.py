@@ -79,3 +79,21 @@ def test_formatters() -> None:
     assert human_seconds(-1) == "due" and human_seconds(59) == "59s"
     assert human_seconds(600) == "10m 00s" and human_seconds(3723) == "1h 02m"
     assert human_seconds(200000) == "2d 7h" and human_seconds(None) == "-"
+
+
+def test_policy_line() -> None:
+    policy = {
+        "name": "<web-db>",
+        "version": 3,
+        "source": "https://policy.example/",
+        "mode": "server",
+        "applied_at": 0,
+        "spd_entries": 4,
+        "last_error": "signature <bad>",
+    }
+    page = render_page({"policy": policy}, {})
+    assert "&lt;web-db&gt; version 3" in page and "4 SPD entries" in page
+    assert "last error: signature &lt;bad&gt;" in page
+    empty = render_page({"policy": {"name": None, "source": "/etc/p.yaml"}}, {})
+    assert "none applied" in empty and "last error" not in empty
+    assert 'class="policy"' not in render_page({}, {})

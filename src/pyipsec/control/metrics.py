@@ -186,6 +186,44 @@ def status_metrics(status: Mapping[str, Any]) -> list[Metric]:
         if (value := _number(row.get("installed_for"))) is not None:
             installed.add_metric(labels, value)
     out += [*counters.values(), rekey, installed]
+    out += policy_metrics(status.get("policy"))
+    return out
+
+
+def policy_metrics(policy: Any) -> list[Metric]:
+    """The applied policy of daemons with a ``policy:`` section (nothing without one)."""
+    if policy is None:
+        return []
+    if not isinstance(policy, Mapping):
+        raise MetricsError("status field 'policy' is not an object")
+    info = InfoMetricFamily(
+        f"{PREFIX}_policy",
+        "the policy applied on this host (empty name: none applied)",
+        labels=["name", "version", "source", "mode"],
+    )
+    info.add_metric([_label(policy.get(k)) for k in ("name", "version", "source", "mode")], {})
+    out: list[Metric] = [info]
+    out.append(
+        GaugeMetricFamily(
+            f"{PREFIX}_policy_error",
+            "1 when the last policy update failed",
+            value=1.0 if policy.get("last_error") else 0.0,
+        )
+    )
+    if (entries := _number(policy.get("spd_entries"))) is not None:
+        out.append(
+            GaugeMetricFamily(
+                f"{PREFIX}_policy_spd_entries", "SPD entries of the applied policy", value=entries
+            )
+        )
+    if (applied := _number(policy.get("applied_at"))) is not None:
+        out.append(
+            GaugeMetricFamily(
+                f"{PREFIX}_policy_applied_timestamp_seconds",
+                "when the policy was applied (Unix time)",
+                value=applied,
+            )
+        )
     return out
 
 

@@ -68,6 +68,9 @@ code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12p
 background:#e4e8ee;color:#2b3642}
 .state.ok{background:#dcf3e3;color:#17643a}
 .state.warn{background:#fdf0d5;color:#8a5a00}
+.policy{background:#fff;border:1px solid #d8dee6;border-radius:6px;padding:8px 14px;
+margin-bottom:18px}
+.policy .err{color:#8c1d18;margin-left:12px}
 .banner{background:#fde8e7;border:1px solid #f3b7b3;color:#8c1d18;border-radius:6px;
 padding:10px 14px;margin-bottom:18px}
 .grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:18px}
@@ -227,6 +230,29 @@ def _card(label: str, value: str, bad: bool = False) -> str:
     )
 
 
+def _policy(policy: Any) -> str:
+    """One line about the applied policy (daemons with a ``policy:`` section only)."""
+    if not isinstance(policy, Mapping):
+        return ""
+    if policy.get("name"):
+        text = f"<strong>Policy</strong> {esc(policy.get('name'))}"
+        if policy.get("version") is not None:
+            text += f" version {esc(policy.get('version'))}"
+    else:
+        text = "<strong>Policy</strong> none applied"
+    text += f" &middot; from <code>{esc(policy.get('source'))}</code>"
+    applied = policy.get("applied_at")
+    if isinstance(applied, (int, float)) and not isinstance(applied, bool):
+        text += (
+            f" &middot; applied {esc(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(applied)))}"
+        )
+    if isinstance(policy.get("spd_entries"), int):
+        text += f" &middot; {esc(policy.get('spd_entries'))} SPD entries"
+    if policy.get("last_error"):
+        text += f'<span class="err">last error: {esc(policy.get("last_error"))}</span>'
+    return f'<div class="policy">{text}</div>'
+
+
 def _total(rows: Sequence[Any], keys: Sequence[str]) -> int:
     """Sum of the integer ``keys`` over ``rows`` (anything else counts 0)."""
     total = 0
@@ -309,6 +335,7 @@ def render_page(
             _card("Rejected packets", str(bad_packets), bad=bad_packets > 0),
         ]
         parts.append("</div>")
+        parts.append(_policy(status.get("policy")))
         parts.append(
             _section(
                 "Main Mode (IKE SAs)",
