@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -335,6 +336,13 @@ def test_policy_server_to_protected_traffic_update_and_tampering(scenario_root) 
         assert status["version"] == 2 and "refused" in status["last_error"]
         assert a.call("statistics")["policy_failures"] == 1
         assert _connect(topo.a, topo.b.addr4, 5432).startswith("refused")
+        # SIGHUP meanwhile: the daemon rebuilds on its cached (good) v2 and says why
+        os.kill(a.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "cached" not in (a.call("status")["policy"]["last_error"] or ""):
+            assert time.monotonic() < deadline, a.read_log()
+            time.sleep(0.2)
+        assert a.call("status")["policy"]["version"] == 2 and a.call("statistics")["reloads"]
         _check_only_esp(topo)
         topo.c.stop(evil)
         for run in (a, b, c):
