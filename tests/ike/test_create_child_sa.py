@@ -199,3 +199,45 @@ def test_simultaneous_rekey_never_loses_outbound(seed, latency):
     p.a.rekey_child(ha, "c", p.now)  # and an ordinary rekey afterwards
     run_checking_outbound(p, 30)
     consistent(p)
+
+
+def test_pfs_group_from_proposal_keyword_sends_ke(monkeypatch):
+    """Found against strongSwan (issue 6): with the KE group named in the ESP proposal
+    ("aes256gcm16-ecp256", strongSwan's way to ask for PFS) and no pfs_group, a rekey
+    offered the KE transform but sent no KE payload; charon answered INVALID_KE_PAYLOAD
+    over and over. The request now carries the KE payload of that group."""
+    from pyipsec.ike.exchanges import create_child_sa as mod
+
+    seen = []
+    original = mod.respond_child
+
+    def spy(*args, **kw):
+        seen.append(kw.get("ke"))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(mod, "respond_child", spy)
+    cfg = ChildConfig("c", esp_proposals=("aes256gcm16-ecp256",))
+    p = Pair(children=(cfg,))
+    h = p.connect()
+    p.a.rekey_child(h, "c", p.now)
+    p.advance(10)
+    assert seen and seen[-1] is not None and seen[-1].group == 19  # ECP256
+    assert len(p.of("a", ChildSaRekeyed)) == 1
+    assert p.a.statistics().counter("invalid_ke_retries") == 0
+    consistent(p)
+
+
+def test_refused_rekey_is_retried_later_not_at_once():
+    """Found against strongSwan (issue 6): a Child SA whose rekey the peer refused went
+    back to INSTALLED with its rekey time in the past and was rekeyed again at once, in a
+    loop. Now the next attempt waits (10-30 s), and the SA stays usable meanwhile."""
+    a_cfg = ChildConfig("c", pfs_group="ecp256", rekey_time=20.0, life_time=200.0)
+    b_cfg = ChildConfig("c", pfs_group="x25519")
+    base = Pair(children=(a_cfg,))
+    p = Pair(base.a_peer, dataclasses.replace(base.b_peer, children=(b_cfg,)))
+    p.connect()
+    p.advance(60)  # first attempt at ~20 s, then at most two more
+    refused = [e for e in p.of("a", NegotiationFailed) if e.child == "c"]
+    assert 1 <= len(refused) <= 3, len(refused)
+    assert all(e.notify == NotifyType.NO_PROPOSAL_CHOSEN for e in refused)
+    assert len(live(p, "a")) == 1 and p.a.child_sas(1)[0].state == "installed"

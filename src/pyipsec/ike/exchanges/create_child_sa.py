@@ -97,7 +97,11 @@ class ChildRequest:
         self.spi = sa.endpoint._alloc_spi()
         specs = cfg.proposals()
         self.specs = specs if pfs else [without_ke(s) for s in specs]
-        self.ke_id = cfg.pfs_ke if pfs else None
+        # the PFS group: pfs_group, or (strongSwan style) a KE group named in the proposal
+        # keyword itself, e.g. "aes256gcm16-ecp256": offering a KE transform without the
+        # KE payload makes peers answer INVALID_KE_PAYLOAD (found against strongSwan)
+        first_ke = next((i for s in self.specs for i, _ in s.algs(TransformType.KE)), None)
+        self.ke_id = (cfg.pfs_ke or first_ke) if pfs else None
         self.kx: Any = ke_by_id(self.ke_id).new() if self.ke_id else None
         if rekey_of is not None:
             self.tsi, self.tsr = list(rekey_of.local_ts), list(rekey_of.remote_ts)
@@ -406,9 +410,7 @@ class CreateChildTask(Task):
             if self.rekey_of is not None and self.rekey_of.replaced_by is not None:
                 return  # the peer's simultaneous rekey replaced it already (2.8.1)
             if self.rekey_of is not None and self.rekey_of.state == ChildState.REKEYING:
-                self.rekey_of.transition("rekey_failed")
-                if err.notify_type == NotifyType.TEMPORARY_FAILURE:
-                    self.rekey_of.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
+                _rekey_failed(sa, self.rekey_of, now, err.notify_type)
             sa.emit(
                 NegotiationFailed(
                     sa.handle,
@@ -431,6 +433,8 @@ class CreateChildTask(Task):
                 shared = req.kx.complete(ke.data)
         except ProtocolError as exc:
             req.release()
+            if self.rekey_of is not None and self.rekey_of.state == ChildState.REKEYING:
+                _rekey_failed(sa, self.rekey_of, now, exc.notify or 0)
             sa.emit(
                 NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc), self.cfg.name)
             )
@@ -438,11 +442,22 @@ class CreateChildTask(Task):
         child = complete_initiator_child(sa, req, msg, nonce.data, shared, now)
         if child is None and self.rekey_of is not None and self.rekey_of in sa.children:
             if self.rekey_of.state == ChildState.REKEYING:
-                self.rekey_of.transition("rekey_failed")
+                _rekey_failed(sa, self.rekey_of, now, 0)
 
     def abort(self, sa: IkeSa, now: float) -> None:
         if self.req is not None:
             self.req.release()
+
+
+def _rekey_failed(sa: IkeSa, child: ChildSa, now: float, notify_type: int) -> None:
+    """A rekey of ``child`` failed: it stays installed and is rekeyed again later, not at
+    once (its rekey time has passed: retrying at once would loop against a peer that keeps
+    refusing, as seen against strongSwan). TEMPORARY_FAILURE asks for a quick retry."""
+    child.transition("rekey_failed")
+    if notify_type == NotifyType.TEMPORARY_FAILURE:
+        child.rekey_at = now + 2 + 8 * sa.endpoint._jitter()
+    else:
+        child.rekey_at = now + 10 + 20 * sa.endpoint._jitter()
 
 
 def RekeyChildTask(child: ChildSa) -> CreateChildTask:  # noqa: N802 - task factory
