@@ -553,3 +553,70 @@ def test_unacceptable_selectors(side: str, topo, interop) -> None:
     assert drv.events_of(IkeSaUp) and len(charon.list_sas()) == 1
     assert not drv.events_of(ChildSaInstalled)
     assert charon.child_sas() == []
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_simultaneous_ike_rekey(side: str, topo, interop) -> None:
+    """Both sides rekey the IKE SA at once (RFC 7296 2.8.2): the IKE SA with the lowest
+    nonce is redundant and deleted; one new IKE SA survives, the same on both sides, and
+    the Child SA moves to it unchanged."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    holding = threading.Event()
+
+    def held_rekey(ep, now):
+        holding.set()
+        time.sleep(1.0)
+        ep.rekey_ike(up.ike_sa, time.time())
+
+    hold = threading.Thread(target=drv.call, args=(held_rekey,))
+    hold.start()
+    assert holding.wait(5)
+    vici_rekey(charon, ike="t")
+    hold.join()
+    drv.wait_event(IkeSaRekeyed, timeout=15)
+
+    def agreed() -> bool:  # pyipsec may report the redundant SA first, then the survivor
+        last = drv.events_of(IkeSaRekeyed)[-1]
+        sas = [(s["initiator-spi"], s["responder-spi"]) for s in charon.list_sas().values()]
+        return sas == [(last.new_spi_i, last.new_spi_r)]
+
+    wait_until(agreed, what="one surviving IKE SA on both sides", log=charon.log_text)
+    time.sleep(1.0)
+    later = drv.events_of(IkeSaRekeyed)
+    final = later[-1]
+    sas = list(charon.list_sas().values())
+    assert [(s["initiator-spi"], s["responder-spi"]) for s in sas] == [
+        (final.new_spi_i, final.new_spi_r)
+    ], (sas, later)
+    (now_child,) = installed(charon)
+    assert int(now_child["spi-in"], 16) == inst.outbound_spi
+    assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 1
+    assert not drv.events_of(IkeSaDown)
+    assert "collision" in charon.log_text().lower()
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("by", ["pyipsec", "charon"])
+def test_rekey_with_pfs(by: str, side: str, topo, interop) -> None:
+    """Child SA rekey with a fresh key exchange (ESP proposal with a KE group, RFC 7296
+    1.3.1): both sides derive the same new keys from it."""
+    auth, psks = psk_pair()
+    child_kw = {"rekey_time": "3s", "life_time": "60s", "rand_time": "0s"} if by == "charon" else {}
+    py_child_kw = {"rekey_time": 3.0, "life_time": 60.0} if by == "pyipsec" else {}
+    peer = py_peer(esp="aes256gcm16-ecp256", local_auth=auth, remote_auth=auth,
+                   child_kw=py_child_kw)  # fmt: skip
+    conn = charon_conn(esp="aes256gcm16-ecp256", child_kw=child_kw)
+    charon, drv = start(interop, topo, conn, psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert inst.algorithm == "aes256gcm16"
+    ev = drv.wait_event(ChildSaRekeyed, timeout=15)
+    wait_until(
+        lambda: [int(sa["spi-in"], 16) for sa in installed(charon)] == [ev.new_outbound_spi],
+        what="charon to hold only the new Child SA", log=charon.log_text,
+    )  # fmt: skip
+    (now_child,) = installed(charon)
+    assert now_child.get("dh-group") == "ECP_256", now_child
+    assert int(now_child["spi-out"], 16) == ev.new_inbound_spi
