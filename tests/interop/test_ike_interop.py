@@ -620,3 +620,107 @@ def test_rekey_with_pfs(by: str, side: str, topo, interop) -> None:
     (now_child,) = installed(charon)
     assert now_child.get("dh-group") == "ECP_256", now_child
     assert int(now_child["spi-out"], 16) == ev.new_inbound_spi
+
+
+# --------------------------------------------------------------------------- negotiation details
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_invalid_ke_retry(side: str, topo, interop) -> None:
+    """The initiator's first KE guess is not the responder's choice: INVALID_KE_PAYLOAD
+    names the group, the initiator retries with it (RFC 7296 1.2)."""
+    auth, psks = psk_pair()
+    # the initiator guesses its first group (x25519); the responder takes ecp256 only
+    guess, only = "aes128gcm16-prfsha256-x25519-ecp256", "aes128gcm16-prfsha256-ecp256"
+    py_ike, charon_ike = (guess, only) if side == "pyipsec" else (only, guess)
+    peer = py_peer(ike=py_ike, local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(ike=charon_ike), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert ike["dh-group"] == "ECP_256" and up.proposal.endswith("ecp256")
+    if side == "pyipsec":
+        assert "DH group CURVE_25519 unacceptable, requesting ECP_256" in charon.log_text()
+    else:
+        assert drv.endpoint.statistics().counter("invalid_ke_sent") == 1
+        assert "peer didn't accept DH group CURVE_25519, it requested ECP_256" in (
+            charon.log_text()
+        )
+
+
+@pytest.mark.parametrize("side", ["charon"])
+def test_cookie(side: str, topo, interop) -> None:
+    """pyipsec as responder demands a COOKIE before keeping state (RFC 7296 2.6) and
+    charon retries with it. (charon's own cookie demand cannot be forced for the first
+    IKE_SA_INIT from a configuration, so there is no pyipsec-initiates case.)"""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon = interop.charon(Charon(topo.a.ns, [charon_conn()], psks))
+    charon.start()
+    config = EndpointConfig(peers=(peer,), local_addr=B, cookie_threshold=0)
+    drv = interop.driver(IkeDriver(topo.b.ns, B, config))
+    drv.start()
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    check_agreement(side, up, inst, ike, child, "aes128gcm16")
+    assert drv.endpoint.statistics().counter("cookies_sent") == 1
+    assert "N(COOKIE)" in charon.log_text()
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_selector_narrowing(side: str, topo, interop) -> None:
+    """The initiator proposes a wider subnet pair than the responder allows; the
+    responder narrows it to its own configuration (RFC 7296 2.9) and both install that."""
+    auth, psks = psk_pair()
+    wide, narrow = ("10.99.0.0/16", "10.99.0.0/16"), (f"{B}/32", f"{A}/32")
+    py_ts = wide if side == "pyipsec" else narrow
+    charon_ts = (f"{A}/32", f"{B}/32") if side == "pyipsec" else ("10.99.0.0/16",) * 2
+    peer = py_peer(local_ts=py_ts[0], remote_ts=py_ts[1], local_auth=auth, remote_auth=auth)
+    conn = charon_conn(local_ts=charon_ts[0], remote_ts=charon_ts[1])
+    charon, drv = start(interop, topo, conn, psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert child["local-ts"] == [f"{A}/32"] and child["remote-ts"] == [f"{B}/32"], child
+    assert [str(t.start_addr) for t in inst.local_ts] == [B]
+    assert [str(t.end_addr) for t in inst.remote_ts] == [A]
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_child_no_common_proposal(side: str, topo, interop) -> None:
+    """The IKE SA is fine, the ESP proposals have nothing in common: the first Child SA is
+    refused with NO_PROPOSAL_CHOSEN and the IKE SA stays up on both sides."""
+    auth, psks = psk_pair()
+    peer = py_peer(esp="aes256-sha512", local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(esp="chacha20poly1305"), psks, peer)
+    expect_failure(side, charon, drv, peer)
+    ev = drv.wait_event(NegotiationFailed)
+    assert ev.notify == NotifyType.NO_PROPOSAL_CHOSEN, ev
+    drv.wait_event(IkeSaUp)
+    if side == "pyipsec":
+        charon.wait_for_log("no acceptable proposal found")
+    else:
+        charon.wait_for_log("NO_PROPOSAL_CHOSEN")
+    assert not drv.events_of(ChildSaInstalled) and charon.child_sas() == []
+    assert len(charon.list_sas()) == 1
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_second_child_sa(side: str, topo, interop) -> None:
+    """A second Child SA in the same IKE SA (CREATE_CHILD_SA), created by ``side``."""
+    auth, psks = psk_pair()
+    second_py = ChildConfig("t-2", local_ts=(f"{B}/32[tcp]",), remote_ts=(f"{A}/32[tcp]",),
+                            mode="tunnel", esp_proposals=("chacha20poly1305",))  # fmt: skip
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    peer = PeerConfig(**{f: getattr(peer, f) for f in peer.__dataclass_fields__} | {
+        "children": (*peer.children, second_py)})  # fmt: skip
+    conn = charon_conn()
+    conn.children.append(Child("t-2", [f"{A}/32[tcp]"], [f"{B}/32[tcp]"],
+                               esp_proposals=["chacha20poly1305"]))  # fmt: skip
+    charon, drv = start(interop, topo, conn, psks, peer)
+    up, inst, ike, child = establish("pyipsec", charon, drv, peer)
+    if side == "pyipsec":
+        drv.call(lambda ep, now: ep.create_child(up.ike_sa, second_py, now))
+    else:
+        charon.initiate("t-2")
+    second = drv.wait_event(ChildSaInstalled, lambda e: e.child == "t-2")
+    theirs = charon.wait_established("t-2")
+    assert int(theirs["spi-in"], 16) == second.outbound_spi
+    assert theirs["encr-alg"] == "CHACHA20_POLY1305" and second.algorithm == "chacha20poly1305"
+    assert theirs["local-ts"] == [f"{A}/32[tcp]"], theirs
+    assert len(charon.list_sas()) == 1 and len(installed(charon)) == 1
