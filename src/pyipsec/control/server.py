@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -37,16 +38,23 @@ class ControlServer:
     async def start(self) -> None:
         directory = os.path.dirname(self.path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Bind under a temporary name, make it 0600, then rename it into place: the socket
+        # is never reachable with wider permissions, and the process umask (shared by all
+        # threads) is never touched.
+        temporary = f"{self.path}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        old_umask = os.umask(0o177)
+            os.unlink(temporary)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._serve, path=self.path, limit=MAX_LINE
-            )
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+            sock.bind(temporary)
+            os.chmod(temporary, 0o600)
+            os.replace(temporary, self.path)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE)
 
     async def close(self) -> None:
         for queue in list(self._watchers):
