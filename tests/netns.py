@@ -137,7 +137,19 @@ class Capture:
         os.close(fd)
         self.host = host
         self.proc = host.spawn(
-            ["tcpdump", "-n", "-U", "-s", str(snaplen), "-i", iface, "-w", self.path, bpf],
+            [
+                "tcpdump",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                str(snaplen),
+                "-i",
+                iface,
+                "-w",
+                self.path,
+                bpf,
+            ],
             stdout=subprocess.DEVNULL,
         )
         # tcpdump announces itself on stderr once the socket is bound

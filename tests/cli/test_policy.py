@@ -124,8 +124,8 @@ def test_explain_policies_the_daemon_cannot_apply_yet() -> None:
     result = _run(*args)
     assert result.exit_code == 0, result.output
     assert "passes in clear" in result.output and "All ICMP Traffic" in result.output
-    assert "today's daemon lacks: opportunistic, spd" in result.output
+    assert "today's daemon lacks: opportunistic\n" in result.output
     data = json.loads(_run(*args, "--json").output)
-    assert data["daemon_cannot_yet"] == ["opportunistic", "spd"]
+    assert data["daemon_cannot_yet"] == ["opportunistic"]
     strict = _run(*args, "--assume", "spd")
     assert strict.exit_code != 0 and "not supported yet" in str(strict.exception)

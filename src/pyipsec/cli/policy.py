@@ -25,6 +25,7 @@ import click
 from pyipsec.errors import ConfigError
 from pyipsec.policy.compile import (
     ALL_CAPABILITIES,
+    DAEMON_CAPABILITIES,
     CompiledPolicy,
     HostContext,
     compile_policy,
@@ -65,7 +66,10 @@ def _compile(path: str, me: tuple[str, ...], cert: str | None, key: str | None,
              secrets: str, assume: tuple[str, ...]) -> CompiledPolicy:  # fmt: skip
     host = HostContext(me, certificate=cert, private_key=key, secrets_file=secrets)
     return compile_policy(
-        load_policy_file(path), host, resolver=system_resolver, capabilities=frozenset(assume)
+        load_policy_file(path),
+        host,
+        resolver=system_resolver,
+        capabilities=DAEMON_CAPABILITIES | frozenset(assume),
     )
 
 
@@ -86,7 +90,7 @@ def check(path: str, me: tuple[str, ...], assume: tuple[str, ...]) -> None:
             pol,
             HostContext(me, certificate="<host certificate>", private_key="<host key>"),
             resolver=system_resolver,
-            capabilities=frozenset(assume),
+            capabilities=DAEMON_CAPABILITIES | frozenset(assume),
         )
         click.echo(
             f"for {', '.join(compiled.addresses)}: {len(compiled.spd)} SPD entries, "
@@ -116,7 +120,7 @@ def explain_cmd(path: str, me: tuple[str, ...], cert: str | None, key: str | Non
     # (unless --assume narrows the capabilities); say so when that is the case.
     compiled = _compile(path, me, cert, key, secrets, assume or tuple(ALL_CAPABILITIES))
     result = explain(compiled, flow)
-    missing = sorted(compiled.requires - set(assume))
+    missing = sorted(compiled.requires - set(assume) - DAEMON_CAPABILITIES)
     if as_json:
         data = result.to_dict()
         data["daemon_cannot_yet"] = missing
