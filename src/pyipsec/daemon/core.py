@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pyipsec import __version__
 from pyipsec.daemon.config import DaemonConfig
+from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow, status_report
 from pyipsec.errors import ConfigError, PyipsecError
 from pyipsec.ike.config import PeerConfig
 from pyipsec.ike.endpoint import IkeEndpoint
@@ -73,69 +73,6 @@ class Dataplane(Protocol):
         """Global data-plane counters (bad SPI, replay, ...)."""
 
     def close(self) -> None: ...
-
-
-@dataclass
-class IkeSaRow:
-    """One IKE SA as the monitor shows it ("Main Mode")."""
-
-    handle: int
-    name: str
-    local_addr: str
-    remote_addr: str
-    local_id: str
-    remote_id: str
-    auth: str
-    proposal: str
-    initiator: bool
-    spi_i: str
-    spi_r: str
-    established: float
-    rekey_at: float | None
-    state: str = "ESTABLISHED"
-
-
-@dataclass
-class ChildSaRow:
-    """One Child SA pair as the monitor shows it ("Quick Mode")."""
-
-    ike_sa: int
-    name: str
-    protocol: str
-    mode: str
-    spi_in: int
-    spi_out: int
-    algorithm: str
-    esn: bool
-    encap: bool
-    local_ts: list[str]
-    remote_ts: list[str]
-    installed: float
-    rekey_at: float
-    state: str = "INSTALLED"
-
-
-@dataclass
-class Counters:
-    ike_sa_additions: int = 0
-    ike_sa_deletions: int = 0
-    child_sa_additions: int = 0
-    child_sa_deletions: int = 0
-    ike_rekeys: int = 0
-    child_rekeys: int = 0
-    authentication_failures: int = 0
-    negotiation_failures: int = 0
-    acquires: int = 0
-    reloads: int = 0
-    failed_reloads: int = 0
-
-
-@dataclass
-class Failure:
-    when: float
-    peer: str
-    reason: str
-    notify: str | None = None
 
 
 @dataclass
@@ -496,78 +433,15 @@ class Daemon:
     # ------------------------------------------------------------------ commands
 
     def status(self) -> dict[str, Any]:
-        now = self.clock()
-        per_spi = self.dataplane.sa_statistics()
-        ike_rows = []
-        for row in self.ike_sas.values():
-            parts = row.proposal.split("-")
-            ike_rows.append(
-                {
-                    "name": row.name,
-                    "handle": row.handle,
-                    "state": row.state,
-                    "local_addr": row.local_addr,
-                    "remote_addr": row.remote_addr,
-                    "local_id": row.local_id,
-                    "remote_id": row.remote_id,
-                    "auth": row.auth,
-                    "initiator": row.initiator,
-                    "spi_i": row.spi_i,
-                    "spi_r": row.spi_r,
-                    "proposal": row.proposal,
-                    "encryption": parts[0] if parts else None,
-                    "integrity": next(
-                        (p for p in parts[1:] if not p.startswith("prf") and p not in _KE_WORDS),
-                        None,
-                    ),
-                    "prf": next((p for p in parts if p.startswith("prf")), None),
-                    "ke": "-".join(p for p in parts if p in _KE_WORDS) or None,
-                    "established_for": now - row.established,
-                    "rekey_in": None if row.rekey_at is None else row.rekey_at - now,
-                }
-            )
-        child_rows = []
-        for child in self.child_sas.values():
-            ike = self.ike_sas.get(child.ike_sa)
-            stats_in = per_spi.get(child.spi_in, {})
-            stats_out = per_spi.get(child.spi_out, {})
-            child_rows.append(
-                {
-                    "name": child.name,
-                    "ike_sa": f"{ike.name}[{ike.handle}]" if ike else str(child.ike_sa),
-                    "state": child.state,
-                    "mode": child.mode,
-                    "protocol": child.protocol,
-                    "encap": child.encap,
-                    "esn": child.esn,
-                    "spi_in": f"{child.spi_in:08x}",
-                    "spi_out": f"{child.spi_out:08x}",
-                    "algorithm": child.algorithm,
-                    "local_ts": child.local_ts,
-                    "remote_ts": child.remote_ts,
-                    "bytes_in": stats_in.get("bytes_in", 0),
-                    "packets_in": stats_in.get("packets_in", 0),
-                    "bytes_out": stats_out.get("bytes_out", 0),
-                    "packets_out": stats_out.get("packets_out", 0),
-                    "installed_for": now - child.installed,
-                    "rekey_in": child.rekey_at - now,
-                }
-            )
-        return {
-            "version": __version__,
-            "uptime": now - self.started,
-            "ike_sas": ike_rows,
-            "child_sas": child_rows,
-            "recent_failures": [
-                {
-                    "when": time.strftime("%H:%M:%S", time.localtime(f.when)),
-                    "peer": f.peer,
-                    "reason": f.reason,
-                    "notify": f.notify,
-                }
-                for f in self.failures
-            ],
-        }
+        """The SA tables and recent failures, as the control API returns them."""
+        return status_report(
+            now=self.clock(),
+            started=self.started,
+            ike_sas=self.ike_sas,
+            child_sas=self.child_sas,
+            failures=self.failures,
+            per_spi=self.dataplane.sa_statistics(),
+        )
 
     def statistics(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(vars(self.counters))
@@ -664,23 +538,6 @@ class Daemon:
             removed,
         )
         return {"kept": kept, "changed": changed, "added": added, "removed": removed}
-
-
-_KE_WORDS = {
-    "modp2048",
-    "modp3072",
-    "modp4096",
-    "ecp256",
-    "ecp384",
-    "ecp521",
-    "x25519",
-    "x448",
-    "curve25519",
-    "curve448",
-    "mlkem512",
-    "mlkem768",
-    "mlkem1024",
-}
 
 
 def _same(a: PeerConfig, b: PeerConfig) -> bool:
