@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pyipsec.control.labels import STAT_LABELS
+
 
 def human_bytes(count: int | None) -> str:
     if count is None:
@@ -130,35 +132,6 @@ def quick_mode_table(child_sas: Sequence[dict[str, Any]]) -> str:
         for sa in child_sas
     ]
     return render_table(headers, rows)
-
-
-# counters shown by `pyipsec stats`, in the order and words of an IPsec monitor
-STAT_LABELS: list[tuple[str, str]] = [
-    ("active_ike_sas", "Active Main Mode SAs"),
-    ("active_child_sas", "Active Quick Mode SAs"),
-    ("ike_sa_additions", "Main Mode key additions"),
-    ("ike_sa_deletions", "Main Mode key deletions"),
-    ("child_sa_additions", "Quick Mode key additions"),
-    ("child_sa_deletions", "Quick Mode key deletions"),
-    ("ike_rekeys", "Main Mode rekeys"),
-    ("child_rekeys", "Quick Mode rekeys"),
-    ("authentication_failures", "Authentication failures"),
-    ("negotiation_failures", "Negotiation failures"),
-    ("bad_spi_packets", "Bad SPI packets"),
-    ("packets_not_decrypted", "Packets not decrypted"),
-    ("packets_not_authenticated", "Packets not authenticated"),
-    ("replayed_packets", "Packets with replay detection"),
-    ("selector_mismatch_packets", "Packets with selector mismatch"),
-    ("malformed_packets", "Malformed packets"),
-    ("confidential_bytes_out", "Confidential bytes sent"),
-    ("confidential_bytes_in", "Confidential bytes received"),
-    ("authenticated_bytes_out", "Authenticated bytes sent"),
-    ("authenticated_bytes_in", "Authenticated bytes received"),
-    ("bytes_out", "Bytes sent"),
-    ("bytes_in", "Bytes received"),
-    ("packets_out", "Packets sent"),
-    ("packets_in", "Packets received"),
-]
 
 
 def stats_table(stats: dict[str, Any]) -> str:

@@ -13,29 +13,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pyipsec.control.labels import STAT_LABELS as MONITOR_LABELS
+
 # counters shown first, in the words of an IP security monitor; the rest follow sorted
-STAT_LABELS: dict[str, str] = {
-    "active_ike_sas": "Active Main Mode SAs",
-    "active_child_sas": "Active Quick Mode SAs",
-    "ike_sa_additions": "Main Mode key additions",
-    "ike_sa_deletions": "Main Mode key deletions",
-    "child_sa_additions": "Quick Mode key additions",
-    "child_sa_deletions": "Quick Mode key deletions",
-    "ike_rekeys": "Main Mode rekeys",
-    "child_rekeys": "Quick Mode rekeys",
-    "authentication_failures": "Authentication failures",
-    "negotiation_failures": "Negotiation failures",
-    "bad_spi_packets": "Bad SPI packets",
-    "packets_not_decrypted": "Packets not decrypted",
-    "packets_not_authenticated": "Packets not authenticated",
-    "replayed_packets": "Packets with replay detection",
-    "selector_mismatch_packets": "Packets with selector mismatch",
-    "malformed_packets": "Malformed packets",
-    "confidential_bytes_out": "Confidential bytes sent",
-    "confidential_bytes_in": "Confidential bytes received",
-    "authenticated_bytes_out": "Authenticated bytes sent",
-    "authenticated_bytes_in": "Authenticated bytes received",
-}
+STAT_LABELS: dict[str, str] = dict(MONITOR_LABELS)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
