@@ -14,6 +14,7 @@ class FakeDataplane:
         self.installed: dict[int, ChildSaInstalled] = {}
         self.removed: list[ChildSaDeleted] = []
         self.policies: list[DaemonConfig] = []
+        self.activated: list[int] = []
 
     def install(self, child: ChildSaInstalled) -> None:
         self.installed[child.inbound_spi] = child
@@ -21,6 +22,9 @@ class FakeDataplane:
     def remove(self, child: ChildSaDeleted) -> None:
         self.removed.append(child)
         self.installed.pop(child.inbound_spi, None)
+
+    def activate(self, new_inbound_spi: int) -> None:
+        self.activated.append(new_inbound_spi)
 
     def set_policies(self, config: DaemonConfig) -> None:
         self.policies.append(config)
@@ -53,9 +57,7 @@ class FakeNetwork:
                 target = network.hosts.get(remote[0])
                 if target is None or address in network.blocked or remote[0] in network.blocked:
                     return
-                network.loop.call_soon(
-                    target, data, (address, local_port), (remote[0], remote[1])
-                )
+                network.loop.call_soon(target, data, (address, local_port), (remote[0], remote[1]))
 
             def close(self) -> None:
                 pass

@@ -159,6 +159,9 @@ def test_rekey_child_switches_spis(pair) -> None:
         loop, lambda: a.child_sas and set(a.child_sas).isdisjoint(old) and len(b.child_sas) == 1
     )
     assert a.counters.child_rekeys + b.counters.child_rekeys >= 1
+    # both sides switched their outbound traffic to the successor once it was confirmed
+    assert set(a.dataplane.activated) & set(a.child_sas)
+    assert set(b.dataplane.activated) & set(b.child_sas)
 
 
 def test_unknown_names_are_config_errors(pair) -> None:

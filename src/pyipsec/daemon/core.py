@@ -362,6 +362,9 @@ class Daemon:
 
     def _child_rekeyed(self, event: ChildSaRekeyed, now: float) -> None:
         self.counters.child_rekeys += 1
+        activate = getattr(self.dataplane, "activate", None)
+        if activate is not None:
+            activate(event.new_inbound_spi)
         log.info(
             "Child SA %s rekeyed: %08x_i -> %08x_i",
             event.child,

@@ -141,6 +141,8 @@ class LinuxDataplane:
         self.hooks = hooks
         self.service = Service(StaticConfig(sas=(), policies=()), events=True)
         self._children: dict[int, str] = {}  # inbound SPI -> data plane child name
+        #: rekey successors whose outbound SA waits: new inbound SPI -> (old outbound SPI, SA)
+        self._waiting: dict[int, tuple[int, Any]] = {}
         self._failed: asyncio.Future[None] = loop.create_future()
         self.events_seen = 0
 
@@ -204,20 +206,47 @@ class LinuxDataplane:
             self.service.state.policies = policies
 
     def install(self, child: ChildSaInstalled) -> None:
+        """Install the inbound SA, then the outbound one.
+
+        A rekey successor (``rekeyed_from`` set) only gets its inbound SA now: traffic
+        keeps leaving on the old SA until :meth:`activate` (on ``ChildSaRekeyed``, when the
+        peer is known to hold the new SA) or until the old SA is removed, whichever comes
+        first. Switching earlier loses packets when we answered the peer's rekey and our
+        response has not reached it yet; a collision loser never carries traffic.
+        """
         peer_name = self._peer_of(child)
         name = f"{peer_name}/{child.child}"
         self._ensure_policies(child, name)
+        configs = {}
         for direction in ("in", "out"):
             data = _sa_dict(child, direction)
             data["child"] = name
-            sa = parse_sa(data, path=f"child {name}")
-            self.service._worker_call(
-                "inbound" if direction == "in" else "outbound", ("add_sa", sa)
-            )
-            self.service.state.sas[sa.ident] = sa
+            configs[direction] = parse_sa(data, path=f"child {name}")
+        self._add("in", configs["in"])
+        if child.rekeyed_from is not None:
+            self._waiting[child.inbound_spi] = (child.rekeyed_from, configs["out"])
+        else:
+            self._add("out", configs["out"])
         self._children[child.inbound_spi] = name
 
+    def activate(self, new_inbound_spi: int) -> None:
+        """Switch outbound traffic to a rekeyed Child SA (its ``ChildSaRekeyed``)."""
+        waiting = self._waiting.pop(new_inbound_spi, None)
+        if waiting is not None:
+            self._add("out", waiting[1])
+
+    def _add(self, direction: str, sa: Any) -> None:
+        worker = "inbound" if direction == "in" else "outbound"
+        self.service._worker_call(worker, ("add_sa", sa))
+        self.service.state.sas[sa.ident] = sa
+
     def remove(self, child: ChildSaDeleted) -> None:
+        # a successor still waiting for the SA being removed takes over first, so the
+        # child is never left without an outbound SA
+        for spi, (replaces, _) in list(self._waiting.items()):
+            if replaces == child.outbound_spi:
+                self.activate(spi)
+        self._waiting.pop(child.inbound_spi, None)
         for direction, spi in (("out", child.outbound_spi), ("in", child.inbound_spi)):
             worker = "inbound" if direction == "in" else "outbound"
             with contextlib.suppress(Exception):
