@@ -433,3 +433,119 @@ def test_hot_path_every_flipped_byte_rejected(cfg: dict) -> None:
     s = rx.statistics()
     assert s.errors == len(wire) - off and s.packets_in == 0 and s.replay_top == 0
     assert rx.decapsulate(wire)[-8:] == b"hot path"
+
+
+TUNNEL_CONFIGS = [HOT_CONFIGS[1], HOT_CONFIGS[2]]
+
+
+@pytest.mark.parametrize("cfg", TUNNEL_CONFIGS, ids=["tunnel4-udp", "tunnel6"])
+@pytest.mark.parametrize("name", ["aes128gcm16", "chacha20poly1305"])
+@pytest.mark.parametrize("inner_v", [4, 6])
+def test_esp_message_hot_path_equals_general_path(cfg: dict, name: str, inner_v: int) -> None:
+    """encapsulate_esp / decapsulate_esp (the UDP 4500 path) inline the AEAD tunnel case:
+    same bytes as EspProcessor.encapsulate_esp, and the general path accepts them."""
+    from scapy.layers.inet6 import IPv6
+
+    from pyipsec.ipsec.esp import EspProcessor
+
+    key = os.urandom(36 if name != "aes128gcm16" else 20)
+    tx = SecurityAssociation(0x905, algorithm=name, key=key, **cfg)
+    rx = SecurityAssociation(0x905, algorithm=name, key=key, **cfg)
+    rx_slow = SecurityAssociation(0x905, algorithm=name, key=key, **cfg)
+    assert tx._fast_esp
+    for size in (0, 1, 2, 3, 100, 1400):
+        if inner_v == 4:
+            pkt = bytes(IP(src="10.0.0.1", dst="10.0.0.2", tos=0x2E) / UDP() / bytes(size))
+        else:
+            pkt = bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP() / bytes(size))
+        seq = tx.statistics().sequence_out + 1
+        hot = tx.encapsulate_esp(pkt, 1.0)
+        assert hot == EspProcessor.encapsulate_esp(tx._proc, pkt, seq)
+        assert rx.decapsulate_esp(memoryview(hot), b"\0" * 4, b"\0" * 4, 1.0) == pkt
+        rx_slow._fast_esp = False
+        assert rx_slow.decapsulate_esp(hot, b"\0" * 4, b"\0" * 4, 1.0) == pkt
+    s = rx.statistics()
+    assert s.packets_in == 6 and s.errors == 0 and s.replay_top == 6
+    assert tx.statistics().packets_out == 6 and tx.statistics().sequence_out == 6
+
+
+def test_esp_message_hot_path_rejects_and_counts() -> None:
+    """Flipped bytes, replays, an unknown SPI and an expired SA on the hot path: each
+    raises, is counted, and leaves the replay window and counters alone."""
+    from pyipsec.errors import IntegrityError, PacketError, ReplayedPacket, UnknownSpi
+
+    tx, rx = pair(encap="udp")
+    a, b = b"\xc0\0\2\1", b"\xc0\0\2\2"
+    msgs = [tx.encapsulate_esp(PKT) for _ in range(3)]
+    for i in range(len(msgs[0])):
+        bad = bytearray(msgs[0])
+        bad[i] ^= 0x01
+        with pytest.raises(PacketError):
+            rx.decapsulate_esp(bytes(bad), a, b)
+    assert rx.statistics().packets_in == 0 and rx.statistics().replay_top == 0
+    flipped = rx.statistics().errors
+    assert flipped == len(msgs[0])  # seq flipped to 0 counts as replayed, others as ICV
+    assert rx.decapsulate_esp(msgs[1], a, b) == PKT
+    with pytest.raises(ReplayedPacket):
+        rx.decapsulate_esp(msgs[1], a, b)
+    assert rx.decapsulate_esp(msgs[0], a, b) == PKT  # in the window, not seen: accepted
+    assert rx.decapsulate_esp(msgs[2], a, b) == PKT
+    other = SecurityAssociation(0x778, mode="tunnel", algorithm="aes128gcm16", key=KEY,
+                                tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2")  # fmt: skip
+    with pytest.raises(UnknownSpi):
+        rx.decapsulate_esp(other.encapsulate_esp(PKT), a, b)
+    s = rx.statistics()
+    assert s.packets_in == 3 and s.replay_top == 3 and s.errors == flipped + 2
+    fresh = tx.encapsulate_esp(PKT)
+    bad = bytearray(fresh)
+    bad[-1] ^= 1
+    with pytest.raises(IntegrityError):
+        rx.decapsulate_esp(bytes(bad), a, b)
+    assert rx.statistics().replay_top == 3
+
+
+class _CountingSelectors:
+    """Selectors with a generation: the SA may cache their answers per flow."""
+
+    def __init__(self, allowed: str) -> None:
+        self.allowed = allowed
+        self.generation = 0
+        self.calls = 0
+
+    def matches(self, flow: Flow) -> bool:
+        import ipaddress
+
+        self.calls += 1
+        return str(ipaddress.ip_address(flow.dst)) == self.allowed
+
+
+def test_selector_answers_cached_per_flow_until_the_generation_changes() -> None:
+    sel = _CountingSelectors("10.0.0.2")
+    tx, _ = pair(encap="udp")
+    kw = dict(tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2", selectors=sel)
+    rx = SecurityAssociation(0x777, mode="tunnel", algorithm="aes128gcm16", key=KEY, **kw)
+    a = b"\0" * 4
+    for _ in range(5):
+        assert rx.decapsulate_esp(tx.encapsulate_esp(PKT), a, a) == PKT
+    assert sel.calls == 1  # one flow: matched once
+    other = bytes(IP(src="10.0.0.1", dst="10.0.0.3") / UDP(sport=1, dport=2) / b"x")
+    with pytest.raises(SelectorMismatch):
+        rx.decapsulate_esp(tx.encapsulate_esp(other), a, a)
+    with pytest.raises(SelectorMismatch):
+        rx.decapsulate_esp(tx.encapsulate_esp(other), a, a)
+    assert sel.calls == 2 and rx.statistics().selector_mismatch_packets == 2
+    sel.allowed = "10.0.0.3"  # the policy changed ...
+    with pytest.raises(SelectorMismatch):  # ... but the generation did not: cached answer
+        rx.decapsulate_esp(tx.encapsulate_esp(other), a, a)
+    sel.generation += 1
+    assert rx.decapsulate_esp(tx.encapsulate_esp(other), a, a) == other
+    with pytest.raises(SelectorMismatch):
+        rx.decapsulate_esp(tx.encapsulate_esp(PKT), a, a)
+    s = rx.statistics()
+    assert s.packets_in == 6 and s.selector_mismatch_packets == 4
+    # ICMP has no cache key: matched on every packet
+    ping = bytes(IP(src="10.0.0.1", dst="10.0.0.3") / b"\x08\0\0\0\0\0\0\0")
+    calls = sel.calls
+    rx.decapsulate_esp(tx.encapsulate_esp(ping), a, a)
+    rx.decapsulate_esp(tx.encapsulate_esp(ping), a, a)
+    assert sel.calls == calls + 2

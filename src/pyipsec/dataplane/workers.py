@@ -47,14 +47,23 @@ PR_SET_PDEATHSIG = 1
 class ChildSelectors:
     """The selectors an inbound SA checks: every PROTECT policy naming its child.
 
-    Looked up at match time so that policy changes apply to existing SAs.
+    Looked up at match time so that policy changes apply to existing SAs. ``generation``
+    changes whenever the table does (the worker bumps the shared counter), which lets the
+    SA cache answers per flow (:meth:`pyipsec.ipsec.sa.SecurityAssociation._selected`).
     """
 
-    __slots__ = ("table", "child")
+    __slots__ = ("table", "child", "_gen")
 
-    def __init__(self, table: dict[str, list[Any]], child: str) -> None:
+    def __init__(
+        self, table: dict[str, list[Any]], child: str, gen: list[int] | None = None
+    ) -> None:
         self.table = table
         self.child = child
+        self._gen = gen if gen is not None else [0]
+
+    @property
+    def generation(self) -> int:
+        return self._gen[0]
 
     def matches(self, flow: Any) -> bool:
         for sel in self.table.get(self.child, ()):
@@ -107,10 +116,12 @@ def _stats_dict(pipe: Any, extra: dict[str, Any]) -> dict[str, Any]:
     return {"pipeline": asdict(pipe.statistics()), "sas": sas, **extra}
 
 
-def _build_sa(cfg: Any, selectors: dict[str, list[Any]] | None, now: float) -> Any:
+def _build_sa(
+    cfg: Any, selectors: dict[str, list[Any]] | None, now: float, gen: list[int] | None = None
+) -> Any:
     if selectors is None:  # outbound: selectors are checked on decapsulation only
         return cfg.build(now=now)
-    return cfg.build(selectors=ChildSelectors(selectors, cfg.child), now=now)
+    return cfg.build(selectors=ChildSelectors(selectors, cfg.child, gen), now=now)
 
 
 def _selector_table(policies: list[Any]) -> dict[str, list[Any]]:
@@ -236,18 +247,21 @@ class InboundWorker(_Worker):
         self.tun = tun
         self.receivers = receivers  # (kind, socket): kind raw4 | esp6 | ah6 | udp
         self.selectors: dict[str, list[Any]] = {}
+        self.generation = [0]  #: bumped when ``selectors`` changes (SA selector caches)
         self.pipe = InboundPipeline(tun)
 
     def command(self, msg: tuple) -> Any:
         op = msg[0]
         if op == "add_sa":
-            self.pipe.add_sa(msg[1], _build_sa(msg[1], self.selectors, time.monotonic()))
+            sa = _build_sa(msg[1], self.selectors, time.monotonic(), self.generation)
+            self.pipe.add_sa(msg[1], sa)
             return {"ok": True}
         if op == "del_sa":
             return {"ok": self.pipe.remove_sa(msg[1], msg[2])}
         if op == "policies":
             self.selectors.clear()
             self.selectors.update(_selector_table(msg[1]))
+            self.generation[0] += 1
             return {"ok": True}
         if op == "stats":
             return _stats_dict(self.pipe, {"tun": asdict(self.tun.statistics())})
@@ -353,6 +367,7 @@ def inbound_main(
     signal.signal(signal.SIGTERM, lambda *_: _exit())
     w = InboundWorker(conn, tun, receivers, events)
     w.selectors.update(_selector_table(policies))
+    w.generation[0] += 1
     w.run()
 
 

@@ -189,6 +189,12 @@ class SecurityAssociation:
             self._adec = proc.aead_decrypt
             self._aenc = proc.aead_encrypt
             self._salt = proc.salt
+        # bare ESP messages (UDP 4500 / IPv6 raw sockets) of an AEAD tunnel SA
+        self._fast_esp = self._fast_in and self._tunnel and not proc.tfc
+        if self._fast_esp:
+            self._tr4e, self._tr6e = proc._tr4, proc._tr6
+        self._sel_cache: dict[bytes, bool] = {}
+        self._sel_gen: object = None
         # outbound: 1 = tunnel over IPv4, 2 = the same in UDP (NAT-T), 3 = transport
         # (IPv4 inner packets without options); 0 = the general path only
         self._fast_out = 0
@@ -394,10 +400,41 @@ class SecurityAssociation:
 
     def encapsulate_esp(self, ip_packet: bytes, now: float | None = None) -> bytes:
         """Protect a packet; only the ESP message (SPI .. ICV), for a UDP socket."""
-        if self.protocol != "esp":
-            raise ConfigError("encapsulate_esp needs an ESP SA", key="protocol")
         if ip_packet.__class__ is memoryview:
             ip_packet = ip_packet.tobytes()
+        seq = self._seq + 1
+        p = ip_packet
+        n = len(p)
+        if (
+            self._fast_esp
+            and n >= 20
+            and not self._dead
+            and seq < self._seq_max
+            and (now is None or now < self._deadline)
+        ):
+            # AEAD tunnel hot path: ESP header + counter IV in one struct call, nonce is
+            # salt || sequence, one AEAD call over packet + precomputed trailer
+            b0 = p[0]
+            if b0 >= 0x45 and b0 >> 4 == 4 and _H.unpack_from(p, 2)[0] == n:
+                tr = self._tr4e
+            elif b0 >> 4 == 6 and n >= 40 and _H.unpack_from(p, 4)[0] + 40 == n:
+                tr = self._tr6e
+            else:
+                tr = None
+            if tr is not None:
+                head = _ESPIV.pack(self.spi, seq, seq)
+                out = head + self._aenc(
+                    _NONCE.pack(self._salt, seq), p + tr[-(n + 2) & 3], head[:8]
+                )
+                self._seq = seq
+                self.packets_out = po = self.packets_out + 1
+                self.bytes_out = bo = self.bytes_out + n
+                life = self._life
+                if po >= life.next_packets or bo >= life.next_bytes:
+                    self._limits(life.over(po, bo), self._now if now is None else now)
+                return out
+        if self.protocol != "esp":
+            raise ConfigError("encapsulate_esp needs an ESP SA", key="protocol")
         seq = self._next_seq(now)
         try:
             out = self._proc.encapsulate_esp(ip_packet, seq)
@@ -409,13 +446,42 @@ class SecurityAssociation:
 
     # ------------------------------------------------------------------ inbound
 
-    def _accept(self, seq: int, inner: bytes, now: float | None) -> bytes:
+    def _selected(self, inner: bytes) -> bool:
+        """Whether ``inner`` matches the SA's selectors.
+
+        Selector objects with a ``generation`` attribute (which changes whenever their
+        answers may change) get their answers cached per flow, keyed by the header bytes
+        parse_flow reads (TCP/UDP over IPv4 without options or IPv6 without extension
+        headers): one dict lookup instead of parse_flow + matching on every packet.
+        """
         sel = self.selectors
-        if sel is not None and inner:
-            if not sel.matches(parse_flow(inner)):
-                raise SelectorMismatch(
-                    f"inner packet does not match the selectors of SA {self.spi:#010x}"
-                )
+        gen = getattr(sel, "generation", None)
+        if gen is None:
+            return sel.matches(parse_flow(inner))  # type: ignore[union-attr]
+        b0 = inner[0]
+        if b0 == 0x45 and len(inner) >= 24 and (inner[9] == 6 or inner[9] == 17):
+            key = inner[6:8] + inner[9:10] + inner[12:24]
+        elif b0 >> 4 == 6 and len(inner) >= 44 and (inner[6] == 6 or inner[6] == 17):
+            key = inner[6:7] + inner[8:44]
+        else:
+            return sel.matches(parse_flow(inner))  # type: ignore[union-attr]
+        cache = self._sel_cache
+        if gen != self._sel_gen:
+            cache.clear()
+            self._sel_gen = gen
+        ok = cache.get(key)
+        if ok is None:
+            ok = sel.matches(parse_flow(inner))  # type: ignore[union-attr]
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[key] = ok
+        return ok
+
+    def _accept(self, seq: int, inner: bytes, now: float | None) -> bytes:
+        if self.selectors is not None and inner and not self._selected(inner):
+            raise SelectorMismatch(
+                f"inner packet does not match the selectors of SA {self.spi:#010x}"
+            )
         self._replay.update(seq)
         self.packets_in += 1
         self.bytes_in += len(inner)
@@ -469,41 +535,57 @@ class SecurityAssociation:
                     e = IntegrityError("ESP ICV verification failed")
                     self._fail(e)
                     raise e from None
-                ln = len(pt)
-                pad = pt[-2]
-                end = ln - 2 - pad
-                # padding 1, 2, 3 ..., pad length and next header in one comparison
-                if end >= 20 and pt[end:] == (_TRAILER4 if pt[-1] == 4 else _TRAILER6)[pad]:
-                    v = pt[0] >> 4
-                    nh = pt[-1]
-                    if v == 4 and nh == 4:
-                        il = _H.unpack_from(pt, 2)[0]
-                    elif v == 6 and nh == 41 and end >= 40:
-                        il = _H.unpack_from(pt, 4)[0] + 40
-                    else:
-                        il = 0
-                    if 20 <= il <= end:
-                        inner = pt[:il]
-                        if self.selectors is None:
-                            top = replay.top
-                            if seq >> 6 == top >> 6:  # same bitmap block: set one bit
-                                replay.top = seq
-                                bit = seq % replay._bits
-                                replay._blocks[bit >> 6] |= 1 << (bit & 63)
-                            else:
-                                replay.update(seq)
-                            self.packets_in = pi = self.packets_in + 1
-                            self.bytes_in = bi = self.bytes_in + il
-                            life = self._life
-                            if pi >= life.next_packets or bi >= life.next_bytes:
-                                self._limits(life.over(pi, bi), self._now if now is None else now)
-                            return inner
-                        try:
-                            return self._accept(seq, inner, now)
-                        except PacketError as e:
-                            self._fail(e)
-                            raise
+                inner = self._tunnel_inner(pt, seq, now)
+                if inner is not None:
+                    return inner
         return self._decapsulate_slow(p, now)
+
+    def _tunnel_inner(self, pt: bytes, seq: int, now: float | None) -> bytes | None:
+        """Hot path after a verified AEAD open in tunnel mode: check the trailer, cut the
+        inner packet, check the selectors, update the replay window (``seq`` is above its
+        top: checked before the ICV) and the counters. None: the general path decides."""
+        ln = len(pt)
+        pad = pt[-2]
+        end = ln - 2 - pad
+        # padding 1, 2, 3 ..., pad length and next header in one comparison
+        if end < 20 or pt[end:] != (_TRAILER4 if pt[-1] == 4 else _TRAILER6)[pad]:
+            return None
+        v = pt[0] >> 4
+        nh = pt[-1]
+        if v == 4 and nh == 4:
+            il = _H.unpack_from(pt, 2)[0]
+        elif v == 6 and nh == 41 and end >= 40:
+            il = _H.unpack_from(pt, 4)[0] + 40
+        else:
+            return None
+        if not 20 <= il <= end:
+            return None
+        inner = pt[:il]
+        if self.selectors is not None:
+            try:
+                ok = self._selected(inner)
+            except PacketError as e:
+                self._fail(e)
+                raise
+            if not ok:
+                e = SelectorMismatch(
+                    f"inner packet does not match the selectors of SA {self.spi:#010x}"
+                )
+                self._fail(e)
+                raise e
+        replay = self._replay
+        if seq >> 6 == replay.top >> 6:  # same bitmap block: set one bit
+            replay.top = seq
+            bit = seq % replay._bits
+            replay._blocks[bit >> 6] |= 1 << (bit & 63)
+        else:
+            replay.update(seq)
+        self.packets_in = pi = self.packets_in + 1
+        self.bytes_in = bi = self.bytes_in + il
+        life = self._life
+        if pi >= life.next_packets or bi >= life.next_bytes:
+            self._limits(life.over(pi, bi), self._now if now is None else now)
+        return inner
 
     def _decapsulate_transport4(
         self, p: bytes, n: int, spi: int, seq: int, now: float | None
@@ -574,6 +656,23 @@ class SecurityAssociation:
 
         ``src``/``dst`` are the outer addresses; the result is the whole inner packet.
         """
+        if (
+            self._fast_esp
+            and len(esp) >= 54
+            and not self._dead
+            and (now is None or now < self._deadline)
+        ):
+            spi, seq = _II.unpack_from(esp)
+            if spi == self.spi and seq > self._replay.top:  # replay check before the ICV
+                try:
+                    pt = self._adec(self._salt + esp[8:16], esp[16:], esp[:8])
+                except InvalidTag:
+                    e = IntegrityError("ESP ICV verification failed")
+                    self._fail(e)
+                    raise e from None
+                inner = self._tunnel_inner(pt, seq, now)
+                if inner is not None:
+                    return inner
         if esp.__class__ is memoryview:
             esp = esp.tobytes()
         try:

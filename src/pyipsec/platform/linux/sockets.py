@@ -38,6 +38,8 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65507
 _CMSG_SPACE = socket.CMSG_SPACE(64) * 2
 _U16 = struct.Struct("=H")
+_AF_INET = int(socket.AF_INET)
+_AF_INET6 = int(socket.AF_INET6)
 _I32 = struct.Struct("=i")
 
 
@@ -117,19 +119,19 @@ def recv_with_addrs(sock: socket.socket, limit: int) -> list[tuple[bytes, bytes,
     UDP_GRO super-datagrams are split into their segments here.
     """
     out: list[tuple[bytes, bytes, bytes]] = []
-    family = sock.family
     recvmsg = sock.recvmsg
     pton = socket.inet_pton
-    zero = bytes(16 if family == socket.AF_INET6 else 4)
     while len(out) < limit:
         try:
             data, anc, _flags, addr = recvmsg(65535, _CMSG_SPACE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             break
+        # the family from the address tuple (sock.family builds an IntEnum on every call)
+        family = _AF_INET6 if len(addr) == 4 else _AF_INET
         dst, seg = _pktinfo_dst(anc, family)
         src = pton(family, addr[0].partition("%")[0])
         if dst is None:
-            dst = zero
+            dst = bytes(16 if family == _AF_INET6 else 4)
         if seg and len(data) > seg:
             for off in range(0, len(data), seg):
                 out.append((data[off : off + seg], src, dst))
