@@ -47,6 +47,7 @@ class FakeNetwork:
         self.hosts: dict[str, Any] = {}  # address -> receiver(data, remote, local)
         self.blocked: set[str] = set()
         self.count = 0
+        self.keepalives: list[tuple[str, tuple[str, int]]] = []
 
     def port(self, address: str) -> Any:
         network = self
@@ -58,6 +59,9 @@ class FakeNetwork:
                 if target is None or address in network.blocked or remote[0] in network.blocked:
                     return
                 network.loop.call_soon(target, data, (address, local_port), (remote[0], remote[1]))
+
+            def send_keepalive(self, remote: tuple[str, int]) -> None:
+                network.keepalives.append((address, remote))
 
             def close(self) -> None:
                 pass

@@ -237,3 +237,17 @@ def test_acquire_brings_up_the_child_the_data_plane_names(tmp_path) -> None:
         for daemon in daemons:
             daemon.close()
         loop.close()
+
+
+def test_nat_keepalives_go_to_peers_whose_child_sas_run_in_udp(pair) -> None:
+    loop, net, make = pair
+    a, b = make()
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    a._keepalive()
+    assert net.keepalives == []  # no NAT, no UDP encapsulation: nothing to keep alive
+    for row in a.child_sas.values():
+        row.encap = True
+    a._keepalive()
+    assert net.keepalives == [(A, (B, 4500))]
+    assert a.statistics()["nat_keepalives_sent"] == 1

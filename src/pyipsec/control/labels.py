@@ -17,6 +17,7 @@ STAT_LABELS: list[tuple[str, str]] = [
     ("child_rekeys", "Quick Mode rekeys"),
     ("authentication_failures", "Authentication failures"),
     ("negotiation_failures", "Negotiation failures"),
+    ("nat_keepalives_sent", "NAT keepalives sent"),
     ("bad_spi_packets", "Bad SPI packets"),
     ("packets_not_decrypted", "Packets not decrypted"),
     ("packets_not_authenticated", "Packets not authenticated"),

@@ -45,6 +45,8 @@ from pyipsec.wire.iana import NotifyType
 
 log = logging.getLogger("pyipsec.daemon")
 
+NAT_KEEPALIVE_INTERVAL = 20.0  #: seconds between NAT keepalives (RFC 3948 suggests 20)
+
 
 class IkeNetwork(Protocol):
     """Where IKE datagrams go out; incoming ones are handed to ``Daemon.datagram``."""
@@ -113,6 +115,7 @@ class Daemon:
         self.child_sas: dict[int, ChildSaRow] = {}  # by inbound SPI
         self.failures: deque[Failure] = deque(maxlen=20)
         self._timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._handles_by_peer: dict[str, set[int]] = {}
         self.closed = False
@@ -127,6 +130,27 @@ class Daemon:
                 if child.start_action == "start":
                     self.initiate(peer.name, child.name)
         self._pump()
+        self._keepalive_timer = self.loop.call_later(NAT_KEEPALIVE_INTERVAL, self._keepalive)
+
+    def _keepalive(self) -> None:
+        """NAT keepalives (RFC 3948 section 2.3): one 0xFF byte from port 4500 to every
+        peer whose Child SAs run in UDP, so NAT mappings on the path do not expire."""
+        if self.closed:
+            return
+        send = getattr(self.network, "send_keepalive", None)
+        if send is not None:
+            peers = {
+                self.ike_sas[c.ike_sa].remote_addr
+                for c in self.child_sas.values()
+                if c.encap and c.ike_sa in self.ike_sas
+            }
+            for remote in sorted(peers):
+                try:
+                    send((remote, 4500))
+                    self.counters.nat_keepalives_sent += 1
+                except OSError as exc:
+                    log.debug("NAT keepalive to %s failed: %s", remote, exc.strerror)
+        self._keepalive_timer = self.loop.call_later(NAT_KEEPALIVE_INTERVAL, self._keepalive)
 
     def close(self) -> None:
         """Delete every IKE SA (best effort: one Delete each), then stop."""
@@ -142,6 +166,8 @@ class Daemon:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
 
     # ------------------------------------------------------------------ inputs
 

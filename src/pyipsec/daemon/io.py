@@ -130,6 +130,17 @@ class UdpIkeNetwork:
         transport.sendto(payload, remote)
         self.sent += 1
 
+    def send_keepalive(self, remote: tuple[str, int]) -> None:
+        """A NAT keepalive: the single byte 0xFF from port 4500, without the marker."""
+        if self._send_4500 is not None:
+            self._send_4500(b"\xff", remote)
+            return
+        family = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
+        transport = self._transports.get((family, 4500))
+        if transport is None:
+            raise OSError(101, f"no UDP 4500 socket for {remote[0]}")
+        transport.sendto(b"\xff", remote)
+
     def close(self) -> None:
         for transport in self._transports.values():
             transport.close()

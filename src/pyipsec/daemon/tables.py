@@ -68,6 +68,7 @@ class Counters:
     acquires: int = 0
     reloads: int = 0
     failed_reloads: int = 0
+    nat_keepalives_sent: int = 0
 
 
 @dataclass
