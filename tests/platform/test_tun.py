@@ -55,3 +55,41 @@ def test_tun_name_too_long():
 
     with pytest.raises(ValueError):
         Tun.open("x" * 16)
+
+
+@pytest.mark.parametrize("tso", [False, True])
+def test_offload_reads_give_complete_checksums(tso: bool):
+    """With IFF_VNET_HDR, packets read carry a complete UDP/TCP checksum whether the kernel
+    computed it (tso=False: no checksum offload announced) or split() finished it (tso=True);
+    a peer's kernel verifies it after decryption."""
+    out = run_in_netns(
+        f"""
+        import select, socket, subprocess
+        from pyipsec.platform.linux.tun import Tun
+        from pyipsec.platform.linux import routing
+        from pyipsec.wire.ip import internet_checksum, pseudo_header_sum
+        tun = Tun.open("pyipsec0", offload=True, tso={tso})
+        routing.configure_link("pyipsec0", 1400)
+        subprocess.run("ip addr add 10.9.0.1/24 dev pyipsec0", shell=True, check=True)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(3):
+            s.sendto(b"hello%d" % i * 100, ("10.9.0.2", 7000))
+        select.select([tun.fd], [], [], 2)
+        pkts = [p for p in tun.read_batch(64) if p[0] == 0x45 and p[9] == 17]
+        assert len(pkts) == 3, pkts
+        for p in pkts:
+            seg = p[20:]
+            ph = pseudo_header_sum(p[12:16], p[16:20], 17, len(seg))
+            assert internet_checksum(seg, ph) == 0, p.hex()
+        tun.close()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_tso_needs_offload():
+    from pyipsec.platform.linux.tun import Tun
+
+    with pytest.raises(ValueError):
+        Tun.open("pyi-x", tso=True)

@@ -44,10 +44,16 @@ def _echo_json(value: Any) -> None:
               help="YAML file of static SAs and SPD entries")  # fmt: skip
 @control_option
 @click.option("--no-gso", is_flag=True, help="send ESP-in-UDP one datagram per call")
-@click.option("--no-offload", is_flag=True, help="no TUN offloads (TSO super-packets)")
+@click.option("--no-offload", is_flag=True, help="no TUN offloads (IFF_VNET_HDR, GSO writes)")
+@click.option("--tso", is_flag=True, help="also read TSO super-packets, segmented in Python")
 @click.option("-v", "--verbose", is_flag=True, help="log at INFO level")
 def dataplane(
-    static_file: str, control_path: str | None, no_gso: bool, no_offload: bool, verbose: bool
+    static_file: str,
+    control_path: str | None,
+    no_gso: bool,
+    no_offload: bool,
+    tso: bool,
+    verbose: bool,
 ) -> None:
     """Run the user-space data plane with the SAs and policies of FILE (foreground)."""
     from pyipsec.dataplane.service import is_local_factory, run_service
@@ -58,7 +64,11 @@ def dataplane(
         format="pyipsec-dataplane: %(levelname)s %(message)s",
     )
     static = load_static_file(static_file, is_local=is_local_factory())
-    sys.exit(run_service(static, control_path=control_path, gso=not no_gso, offload=not no_offload))
+    sys.exit(
+        run_service(
+            static, control_path=control_path, gso=not no_gso, offload=not no_offload, tso=tso
+        )
+    )
 
 
 # --------------------------------------------------------------------------- sa

@@ -123,16 +123,20 @@ class Service:
         cfg: routing.RoutingConfig | None = None,
         gso: bool = True,
         offload: bool = True,
+        tso: bool = False,
         events: bool = False,
     ) -> None:
         """``events``: give each worker a one-way pipe for acquires, lifetime events and
         IKE messages from UDP 4500 (``event_conns``), and keep the UDP 4500 sockets open
-        here so the daemon sends IKE through them (:meth:`send_udp`)."""
+        here so the daemon sends IKE through them (:meth:`send_udp`). ``offload``: TUN
+        with IFF_VNET_HDR (coalesced GSO writes); ``tso``: TSO super-packet reads too
+        (:meth:`pyipsec.platform.linux.tun.Tun.open` says why it is off by default)."""
         self.cfg = cfg or routing.RoutingConfig()
         self.events = events
         self.event_conns: list[Any] = []
         self._udp: dict[int, socket.socket] = {}
         self.offload = offload
+        self.tso = tso and offload
         self.control_path = control_path or default_control_path()
         self.state = DataplaneState()
         self.state.policies = list(static.policies)
@@ -155,7 +159,7 @@ class Service:
 
     def install_kernel(self) -> Tun:
         self.mtu = self._mtu()
-        tun = Tun.open(self.cfg.ifname, offload=self.offload)
+        tun = Tun.open(self.cfg.ifname, offload=self.offload, tso=self.tso)
         routing.configure_link(self.cfg.ifname, self.mtu)
         if sysctl.prepare_tun(self.cfg.ifname):
             # all.rp_filter is on: an address makes the TUN pass loose/strict filtering
@@ -416,9 +420,10 @@ def run_service(
     control_path: str | None = None,
     gso: bool = True,
     offload: bool = True,
+    tso: bool = False,
 ) -> int:
     """Run a data plane until SIGTERM/SIGINT; returns the process exit status."""
-    svc = Service(static, control_path=control_path, gso=gso, offload=offload)
+    svc = Service(static, control_path=control_path, gso=gso, offload=offload, tso=tso)
 
     def stop(*_: object) -> None:
         svc.stopping = True
