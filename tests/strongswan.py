@@ -459,11 +459,16 @@ class Charon:
         args += ["--child", child] if child else []
         return self.swanctl(*args)
 
-    def list_sas(self) -> dict[str, dict]:
-        """IKE SAs by connection name, as vici gives them (``child-sas`` nested)."""
+    def list_sas(self, *, block: bool = False) -> dict[str, dict]:
+        """IKE SAs by connection name, as vici gives them (``child-sas`` nested).
+
+        By default (``noblock``) an IKE SA that one of charon's threads is working on at
+        that moment is left out; ``block=True`` waits for it, which assertions about the
+        state after an exchange need."""
         client = ViciClient(self.vici_path)
         try:
-            events = client.streamed("list-sas", "list-sa", {"noblock": "yes"})
+            msg = {} if block else {"noblock": "yes"}
+            events = client.streamed("list-sas", "list-sa", msg)
         finally:
             client.close()
         result: dict[str, dict] = {}
@@ -471,10 +476,10 @@ class Charon:
             result.update(event)
         return result
 
-    def child_sas(self, name: str | None = None) -> list[dict]:
+    def child_sas(self, name: str | None = None, *, block: bool = False) -> list[dict]:
         """Every Child SA (optionally only those of config ``name``), each a dict."""
         out = []
-        for ike in self.list_sas().values():
+        for ike in self.list_sas(block=block).values():
             for child in ike.get("child-sas", {}).values():
                 if name is None or child.get("name") == name:
                     out.append(child)

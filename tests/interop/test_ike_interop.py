@@ -149,7 +149,7 @@ def establish(side: str, charon: Charon, drv: IkeDriver, peer: PeerConfig):
     up = drv.wait_event(IkeSaUp)
     inst = drv.wait_event(ChildSaInstalled)
     child = charon.wait_established("t-c")
-    (ike,) = charon.list_sas().values()
+    (ike,) = charon.list_sas(block=True).values()
     return up, inst, ike, child
 
 
@@ -305,8 +305,13 @@ def vici_rekey(charon: Charon, **what: str) -> None:
     assert reply.get("success") == "yes", reply
 
 
+def ike_spis(charon: Charon) -> list[tuple[str, str]]:
+    """(initiator SPI, responder SPI) of each IKE SA charon holds."""
+    return [(s["initiator-spi"], s["responder-spi"]) for s in charon.list_sas(block=True).values()]
+
+
 def installed(charon: Charon) -> list[dict]:
-    return [sa for sa in charon.child_sas("t-c") if sa["state"] == "INSTALLED"]
+    return [sa for sa in charon.child_sas("t-c", block=True) if sa["state"] == "INSTALLED"]
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -347,8 +352,7 @@ def test_rekey(what: str, by: str, side: str, topo, interop) -> None:
         ev = drv.wait_event(IkeSaRekeyed, timeout=15)
         assert (ev.old_spi_i, ev.old_spi_r) == (up.spi_i, up.spi_r)
         wait_until(
-            lambda: [(s["initiator-spi"], s["responder-spi"]) for s in charon.list_sas().values()]
-            == [(ev.new_spi_i, ev.new_spi_r)],
+            lambda: ike_spis(charon) == [(ev.new_spi_i, ev.new_spi_r)],
             what="charon to hold only the new IKE SA", log=charon.log_text,
         )  # fmt: skip
         (now_child,) = installed(charon)  # the Child SA moved over unchanged
@@ -416,16 +420,16 @@ def test_delete(by: str, side: str, topo, interop) -> None:
     gone = drv.wait_event(ChildSaDeleted)
     assert (gone.inbound_spi, gone.outbound_spi) == (inst.inbound_spi, inst.outbound_spi)
     assert gone.reason == ("deleted" if by == "pyipsec" else "deleted by peer")
-    wait_until(lambda: charon.child_sas() == [], what="charon to drop the Child SA",
+    wait_until(lambda: charon.child_sas(block=True) == [], what="charon to drop the Child SA",
                log=charon.log_text)  # fmt: skip
-    assert len(charon.list_sas()) == 1 and not drv.events_of(IkeSaDown)
+    assert len(charon.list_sas(block=True)) == 1 and not drv.events_of(IkeSaDown)
     if by == "pyipsec":
         drv.call(lambda ep, now: ep.delete_ike(up.ike_sa, now))
     else:
         charon.terminate(ike="t")
     down = drv.wait_event(IkeSaDown)
     assert down.reason == ("deleted" if by == "pyipsec" else "deleted by peer")
-    wait_until(lambda: charon.list_sas() == {}, what="charon to drop the IKE SA",
+    wait_until(lambda: charon.list_sas(block=True) == {}, what="charon to drop the IKE SA",
                log=charon.log_text)  # fmt: skip
     assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 0
     log = charon.log_text()
@@ -456,10 +460,10 @@ def test_dpd(killed: str, side: str, topo, interop) -> None:
         assert stats.ike_sas == 0
     else:
         time.sleep(1.5)  # a DPD round trip or two while both live
-        assert len(charon.list_sas()) == 1
+        assert len(charon.list_sas(block=True)) == 1
         drv.kill()
         charon.wait_for_log("giving up after", timeout=20)
-        wait_until(lambda: charon.list_sas() == {}, what="charon to drop the SAs",
+        wait_until(lambda: charon.list_sas(block=True) == {}, what="charon to drop the SAs",
                    log=charon.log_text)  # fmt: skip
         assert "sending DPD request" in charon.log_text()
 
@@ -503,8 +507,8 @@ def test_mismatched_psk(side: str, topo, interop) -> None:
     wait_until(lambda: drv.endpoint.statistics().ike_sas == 0, what="pyipsec to drop the SA")
     assert drv.endpoint.statistics().counter("auth_failures") == 1
     assert not drv.events_of(IkeSaUp) and not drv.events_of(ChildSaInstalled)
-    assert charon.list_sas() == {} or all(
-        s["state"] != "ESTABLISHED" for s in charon.list_sas().values()
+    assert charon.list_sas(block=True) == {} or all(
+        s["state"] != "ESTABLISHED" for s in charon.list_sas(block=True).values()
     )
     for text in (drv.log_text(), charon.log_text()):
         for secret in (auth.psk, other.psk):
@@ -527,7 +531,7 @@ def test_no_common_proposal(side: str, topo, interop) -> None:
         assert drv.endpoint.statistics().counter("no_proposal_chosen") == 1
         charon.wait_for_log("received NO_PROPOSAL_CHOSEN notify error")
     assert not drv.events_of(IkeSaUp)
-    assert charon.list_sas() == {}
+    assert charon.list_sas(block=True) == {}
     assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 0
 
 
@@ -550,9 +554,9 @@ def test_unacceptable_selectors(side: str, topo, interop) -> None:
         assert ev.child is None and "traffic selectors" in ev.reason
         charon.wait_for_log("received TS_UNACCEPTABLE notify")
     # the IKE SA itself is fine on both sides
-    assert drv.events_of(IkeSaUp) and len(charon.list_sas()) == 1
+    assert drv.events_of(IkeSaUp) and len(charon.list_sas(block=True)) == 1
     assert not drv.events_of(ChildSaInstalled)
-    assert charon.child_sas() == []
+    assert charon.child_sas(block=True) == []
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -580,14 +584,16 @@ def test_simultaneous_ike_rekey(side: str, topo, interop) -> None:
 
     def agreed() -> bool:  # pyipsec may report the redundant SA first, then the survivor
         last = drv.events_of(IkeSaRekeyed)[-1]
-        sas = [(s["initiator-spi"], s["responder-spi"]) for s in charon.list_sas().values()]
+        sas = [
+            (s["initiator-spi"], s["responder-spi"]) for s in charon.list_sas(block=True).values()
+        ]
         return sas == [(last.new_spi_i, last.new_spi_r)]
 
     wait_until(agreed, what="one surviving IKE SA on both sides", log=charon.log_text)
     time.sleep(1.0)
     later = drv.events_of(IkeSaRekeyed)
     final = later[-1]
-    sas = list(charon.list_sas().values())
+    sas = list(charon.list_sas(block=True).values())
     assert [(s["initiator-spi"], s["responder-spi"]) for s in sas] == [
         (final.new_spi_i, final.new_spi_r)
     ], (sas, later)
@@ -696,8 +702,8 @@ def test_child_no_common_proposal(side: str, topo, interop) -> None:
         charon.wait_for_log("no acceptable proposal found")
     else:
         charon.wait_for_log("NO_PROPOSAL_CHOSEN")
-    assert not drv.events_of(ChildSaInstalled) and charon.child_sas() == []
-    assert len(charon.list_sas()) == 1
+    assert not drv.events_of(ChildSaInstalled) and charon.child_sas(block=True) == []
+    assert len(charon.list_sas(block=True)) == 1
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -723,4 +729,4 @@ def test_second_child_sa(side: str, topo, interop) -> None:
     assert int(theirs["spi-in"], 16) == second.outbound_spi
     assert theirs["encr-alg"] == "CHACHA20_POLY1305" and second.algorithm == "chacha20poly1305"
     assert theirs["local-ts"] == [f"{A}/32[tcp]"], theirs
-    assert len(charon.list_sas()) == 1 and len(installed(charon)) == 1
+    assert len(charon.list_sas(block=True)) == 1 and len(installed(charon)) == 1

@@ -199,7 +199,7 @@ def test_traffic(esp: str, side: str, topo, interop) -> None:
     transfer = start_transfer(topo.a, topo.b, INNER_A, SIZE, marker=MARKER, source=INNER_B)
     sent, received = transfer.wait(timeout=120)
     assert sent == received and sent[0] == SIZE
-    (after,) = charon.child_sas("t-c")
+    (after,) = charon.child_sas("t-c", block=True)
     assert after["spi-in"] == sa["spi-in"]
     assert int(after["packets-in"]) >= 3 + SIZE // 65536  # the pings + the data
     assert int(after["bytes-in"]) >= SIZE
@@ -247,7 +247,7 @@ def test_traffic_across_rekeys(side: str, topo, interop) -> None:
     first = bring_up(side, charon, daemon)
     transfer = start_transfer(topo.a, topo.b, INNER_A, SIZE, marker=MARKER, source=INNER_B,
                               rate=SIZE / 8)  # fmt: skip
-    (ike_before,) = charon.list_sas().values()
+    (ike_before,) = charon.list_sas(block=True).values()
     steps = [
         lambda: vici_rekey(charon, child="t-c"),
         lambda: daemon.call("rekey", name="t-c"),
@@ -259,9 +259,9 @@ def test_traffic_across_rekeys(side: str, topo, interop) -> None:
         step()
     sent, received = transfer.wait(timeout=120)
     assert sent == received and sent[0] == SIZE
-    (child,) = [sa for sa in charon.child_sas("t-c") if sa["state"] == "INSTALLED"]
+    (child,) = [sa for sa in charon.child_sas("t-c", block=True) if sa["state"] == "INSTALLED"]
     assert child["spi-in"] != first["spi-in"]
-    (ike_after,) = charon.list_sas().values()
+    (ike_after,) = charon.list_sas(block=True).values()
     assert ike_after["initiator-spi"] != ike_before["initiator-spi"]
     assert int(child["uniqueid"]) >= 3  # t-c{1}, rekeyed by charon, then by pyipsec
     assert int(ike_after["uniqueid"]) >= 3  # IKE SA t[1], rekeyed twice
@@ -330,7 +330,7 @@ def test_daemon_reports_failure(problem: str, side: str, topo, interop) -> None:
     assert failures[0]["notify"] == notify, failures
     assert failures[0]["reason"], failures
     charon.wait_for_log(log_ours if side == "pyipsec" else log_theirs)
-    assert daemon.child_sas() == [] and charon.child_sas() == []
+    assert daemon.child_sas() == [] and charon.child_sas(block=True) == []
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -357,6 +357,6 @@ def test_daemon_dpd(killed: str, side: str, topo, interop) -> None:
         daemon.proc = None
         charon.wait_for_log("giving up after", timeout=25)
         deadline = time.monotonic() + 10
-        while charon.list_sas():
+        while charon.list_sas(block=True):
             assert time.monotonic() < deadline, charon.log_text()[-3000:]
             time.sleep(0.2)
