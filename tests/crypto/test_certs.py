@@ -234,3 +234,37 @@ def test_naive_datetime_is_utc(pki: Pki, validator: CertValidator) -> None:
     ee = pki.issue("p256", dns=["gw.example"])
     validator.validate(ee.cert, [pki.intermediate.cert], NOW.replace(tzinfo=None))
     assert isinstance(ee.cert, x509.Certificate)
+
+
+# The IDi strongSwan 5.9.8 sent for "O=pyipsec test, CN=charon.pyi.test" (captured in the
+# interop run of issue 6): PrintableString values, where cryptography writes UTF8String.
+CHARON_DN_ID = bytes.fromhex(
+    "303131153013060355040a130c707969707365632074657374311830160603550403130f"
+    "636861726f6e2e7079692e74657374"
+)
+
+
+def test_dn_equal_ignores_the_string_type():
+    from pyipsec.crypto.certs import dn_equal, dn_key
+
+    ours = x509.Name.from_rfc4514_string("CN=charon.pyi.test,O=pyipsec test").public_bytes()
+    assert ours != CHARON_DN_ID and dn_equal(ours, CHARON_DN_ID)
+    other = x509.Name.from_rfc4514_string("CN=other.pyi.test,O=pyipsec test").public_bytes()
+    assert not dn_equal(other, CHARON_DN_ID)
+    swapped = x509.Name.from_rfc4514_string("O=pyipsec test,CN=charon.pyi.test").public_bytes()
+    assert not dn_equal(swapped, CHARON_DN_ID)  # RDN order matters
+    assert dn_key(b"\x30\x05\x31") is None and not dn_equal(b"\x30\x05\x31", CHARON_DN_ID)
+    assert dn_key(CHARON_DN_ID[:-1]) is None
+
+
+def test_dn_identity_in_another_string_type_is_bound_to_the_certificate():
+    """Found against strongSwan: a DN identity sent as PrintableString was refused as "not
+    the certificate's subject DN" because the subject is UTF8String."""
+    pki = Pki()
+    ee = make_ee(pki.root, "p256", cn="charon.pyi.test", dns=["charon.pyi.test"])
+    validator = CertValidator([pki.root.cert])
+    key = validator.validate(ee.cert, [], NOW, identity=(9, CHARON_DN_ID))  # DER_ASN1_DN
+    assert key is not None
+    other = make_ee(pki.root, "p256", cn="other.pyi.test", dns=["other.pyi.test"])
+    with pytest.raises(Exception, match="identity mismatch"):
+        validator.validate(other.cert, [], NOW, identity=(9, CHARON_DN_ID))

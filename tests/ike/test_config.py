@@ -108,3 +108,20 @@ def test_endpoint_invalid():
     assert ei.value.key == "local_addr"
     with pytest.raises(ConfigError):
         EndpointConfig(peers=(peer(), peer()))
+
+
+def test_dn_identity_matches_other_string_encoding():
+    """Found against strongSwan (issue 6): charon sends "O=pyipsec test, CN=charon.pyi.test"
+    with PrintableString values; the configured identity (UTF8String) must still match."""
+    captured = bytes.fromhex(
+        "303131153013060355040a130c707969707365632074657374311830160603550403130f"
+        "636861726f6e2e7079692e74657374"
+    )
+    want = Identity.parse("O=pyipsec test, CN=charon.pyi.test")
+    assert want.data != captured
+    assert want.matches(IdType.DER_ASN1_DN, captured)
+    assert not want.matches(IdType.FQDN, captured)
+    assert not Identity.parse("O=pyipsec test, CN=other").matches(IdType.DER_ASN1_DN, captured)
+    fqdn = Identity.parse("@charon.pyi.test")
+    assert fqdn.matches(IdType.FQDN, b"charon.pyi.test")
+    assert not fqdn.matches(IdType.FQDN, b"CHARON.pyi.test")

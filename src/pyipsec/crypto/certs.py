@@ -290,7 +290,78 @@ class CertValidator:
             raise _fail(f"identity mismatch: {text!r} is not a subjectAltName of the certificate")
         if kind == IdType.DER_ASN1_DN:
             raw = data.encode() if isinstance(data, str) else data
-            if raw == cert.subject.public_bytes():
+            if dn_equal(raw, cert.subject.public_bytes()):
                 return
             raise _fail("identity mismatch: ID is not the certificate's subject DN")
         raise _fail(f"identity mismatch: ID type {kind.name} cannot be bound to a certificate")
+
+
+# Distinguished names are compared by meaning, not by encoding (RFC 5280 7.1, RFC 4945
+# 3.1.5): strongSwan sends "O=x, CN=y" identities as PrintableString where ``cryptography``
+# writes UTF8String, and the same DN must match either way (found against strongSwan).
+_DN_STRINGS = {
+    0x0C: "utf-8",  # UTF8String
+    0x13: "ascii",  # PrintableString
+    0x16: "ascii",  # IA5String
+    0x14: "latin-1",  # TeletexString (as commonly used)
+    0x1E: "utf-16-be",  # BMPString
+    0x1C: "utf-32-be",  # UniversalString
+}
+
+
+def _der_tlvs(data: bytes) -> list[tuple[int, bytes]]:
+    """The consecutive DER TLVs in ``data`` (definite lengths); ValueError if malformed."""
+    out, i = [], 0
+    while i < len(data):
+        if i + 2 > len(data):
+            raise ValueError("truncated TLV")
+        tag, length = data[i], data[i + 1]
+        i += 2
+        if length & 0x80:
+            n = length & 0x7F
+            if not 1 <= n <= 4 or i + n > len(data):
+                raise ValueError("bad length")
+            length = int.from_bytes(data[i : i + n], "big")
+            i += n
+        if i + length > len(data):
+            raise ValueError("truncated value")
+        out.append((tag, data[i : i + length]))
+        i += length
+    return out
+
+
+def dn_key(der: bytes) -> tuple[Any, ...] | None:
+    """A comparable form of a DER Name, None if ``der`` is not one: per RDN its sorted
+    (OID, value) pairs, string values decoded from whichever ASN.1 string type, with
+    whitespace collapsed and case folded (RFC 5280 7.1); other values compared raw."""
+    try:
+        ((tag, body),) = _der_tlvs(der)
+        if tag != 0x30:
+            return None
+        rdns = []
+        for set_tag, set_body in _der_tlvs(body):
+            if set_tag != 0x31:
+                return None
+            pairs: list[tuple[bytes, int, Any]] = []
+            for seq_tag, seq_body in _der_tlvs(set_body):
+                (oid_tag, oid), (value_tag, value) = _der_tlvs(seq_body)
+                if seq_tag != 0x30 or oid_tag != 0x06:
+                    return None
+                encoding = _DN_STRINGS.get(value_tag)
+                if encoding is None:
+                    pairs.append((oid, value_tag, value))
+                else:
+                    pairs.append((oid, 0, " ".join(value.decode(encoding).split()).casefold()))
+            rdns.append(tuple(sorted(pairs)))
+        return tuple(rdns)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def dn_equal(a: bytes, b: bytes) -> bool:
+    """True if DER Names ``a`` and ``b`` name the same entity (bytes equal, or the same
+    :func:`dn_key`)."""
+    if a == b:
+        return True
+    key = dn_key(a)
+    return key is not None and key == dn_key(b)

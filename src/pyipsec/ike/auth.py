@@ -116,7 +116,7 @@ def verify_peer(
     )  # type: ignore[arg-type]
     if sa.peer.remote_id is not None:
         want = Identity.parse(sa.peer.remote_id)
-        if (want.id_type, want.data) != (idp.id_type, idp.data):
+        if not want.matches(idp.id_type, idp.data):
             raise _fail(f"peer identity {ident} is not the configured {want}")
     octets = octets_for(sa, not sa.initiator, push_id(idp))
     cfg = sa.peer.remote_auth

@@ -69,6 +69,18 @@ class Identity:
             return cls(IdType.RFC822_ADDR, text.encode())
         return cls(IdType.FQDN, text.encode())
 
+    def matches(self, id_type: int, data: bytes) -> bool:
+        """True if an ID payload (type, data) names this identity: the same bytes, or for
+        distinguished names the same DN in another string encoding (strongSwan sends
+        PrintableString where we write UTF8String)."""
+        if (self.id_type, self.data) == (id_type, data):
+            return True
+        if self.id_type == IdType.DER_ASN1_DN and id_type == IdType.DER_ASN1_DN:
+            from pyipsec.crypto.certs import dn_equal
+
+            return dn_equal(self.data, data)
+        return False
+
     def __str__(self) -> str:
         if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             try:

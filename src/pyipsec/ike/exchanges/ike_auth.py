@@ -146,7 +146,7 @@ def _select_peer_by_identity(sa: IkeSa, idp: IdPayload) -> None:
         if peer.remote_id is None:
             return False
         want = Identity.parse(peer.remote_id)
-        return (want.id_type, want.data) == (idp.id_type, idp.data)
+        return want.matches(idp.id_type, idp.data)
 
     if sa.peer is None or matches(sa.peer) or sa.chosen is None:
         return
