@@ -232,7 +232,9 @@ def test_proposals(ike_prop: str, esp: str, side: str, topo, interop) -> None:
 CHARON_FQDN, PY_FQDN = "charon.pyi.test", "py.pyi.test"
 
 
-def cert_setup(interop, topo, kind: str, *, intermediate: bool = False, **conn_kw):
+def cert_setup(
+    interop, topo, kind: str, *, intermediate: bool = False, dn_ids: bool = False, **conn_kw
+):
     """Certificates of ``kind`` for both sides from a root CA the test makes (with
     ``intermediate``: each side's own sub-CA, which it sends along, so the peer must
     build the chain from what it received)."""
@@ -244,9 +246,13 @@ def cert_setup(interop, topo, kind: str, *, intermediate: bool = False, **conn_k
         issuer = make_ca(f"pyi sub CA {side}", kind, issuer=root) if intermediate else None
         ees[side] = make_ee(issuer or root, kind, cn=name, dns=[name])
         chains[side] = [issuer.cert] if issuer else []
+    cid, pid = CHARON_FQDN, PY_FQDN
+    if dn_ids:  # identities are the certificates' subject DNs (ID_DER_ASN1_DN)
+        cid, pid = (f"O=pyipsec test, CN={n}" for n in (CHARON_FQDN, PY_FQDN))
+    conn_kw.setdefault("auth", "pubkey")
     conn = charon_conn(
-        local_id=CHARON_FQDN, remote_id=PY_FQDN, auth="pubkey", local_cert="charon.pem",
-        send_cert="always", **conn_kw,
+        local_id=cid, remote_id=pid, local_cert="charon.pem", send_cert="always",
+        remote_auth="pubkey", **conn_kw,
     )  # fmt: skip
     charon = interop.charon(Charon(topo.a.ns, [conn]))
     charon.add_cert("root.pem", root.cert.public_bytes(Encoding.PEM), ca=True)
@@ -255,7 +261,7 @@ def cert_setup(interop, topo, kind: str, *, intermediate: bool = False, **conn_k
         method="pubkey", private_key=ees["py"].key, cert_chain=(ees["py"].cert, *chains["py"])
     )
     remote = AuthConfig(method="pubkey", trusted_cas=(root.cert,))
-    peer = py_peer(local_id=PY_FQDN, remote_id=CHARON_FQDN, local_auth=local, remote_auth=remote)
+    peer = py_peer(local_id=pid, remote_id=cid, local_auth=local, remote_auth=remote)
     charon.start()
     drv = interop.driver(IkeDriver(topo.b.ns, B, EndpointConfig(peers=(peer,), local_addr=B)))
     drv.start()
@@ -275,6 +281,31 @@ def test_certificates(kind: str, side: str, topo, interop) -> None:
     assert lines and "successful" in lines[0], log[-3000:]
     method = {"rsa2048": "RSA", "p256": "ECDSA", "ed25519": "ED25519"}[kind]
     assert method in lines[0].upper(), lines[0]
+
+
+#: variant -> (key kind, charon's local auth, identities are DNs, what charon's log names)
+CERT_VARIANTS = {
+    "p384": ("p384", "pubkey", False, "ECDSA"),
+    "rsa-pss": ("rsa2048", "rsa/pss-sha256", False, "RSA_EMSA_PSS"),
+    "dn-ids": ("p256", "pubkey", True, "ECDSA"),
+}
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("variant", list(CERT_VARIANTS))
+def test_certificate_variants(variant: str, side: str, topo, interop) -> None:
+    """ECDSA P-384 (SHA-384), RSASSA-PSS signatures from charon (RFC 7427), and subject
+    DNs as identities."""
+    kind, auth, dn_ids, method = CERT_VARIANTS[variant]
+    charon, drv, peer = cert_setup(interop, topo, kind, dn_ids=dn_ids, auth=auth)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert (ike["initiator-spi"], ike["responder-spi"]) == (up.spi_i, up.spi_r)
+    log = charon.log_text()
+    ours = [ln for ln in log.splitlines() if "authentication of '" in ln and "(myself)" in ln]
+    assert ours and method in ours[0].upper(), ours
+    if dn_ids:
+        assert ike["remote-id"] == f"O=pyipsec test, CN={PY_FQDN}", ike
+        assert up.remote_id.startswith("dn:"), up.remote_id  # charon's DN, as it sent it
 
 
 @pytest.mark.parametrize("side", SIDES)
