@@ -761,3 +761,54 @@ def test_second_child_sa(side: str, topo, interop) -> None:
     assert theirs["encr-alg"] == "CHACHA20_POLY1305" and second.algorithm == "chacha20poly1305"
     assert theirs["local-ts"] == [f"{A}/32[tcp]"], theirs
     assert len(charon.list_sas(block=True)) == 1 and len(installed(charon)) == 1
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_ip_address_identities(side: str, topo, interop) -> None:
+    """No identities configured: both use their IP address (ID_IPV4_ADDR), and the PSK is
+    found by address on charon's side."""
+    secret = os.urandom(32)
+    auth = AuthConfig(psk=secret)
+    peer = py_peer(local_id=None, remote_id=None, local_auth=auth, remote_auth=auth)
+    conn = charon_conn(local_id=A, remote_id=B)
+    charon, drv = start(interop, topo, conn, [Psk(ids=(A, B), secret=secret)], peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert ike["remote-id"] == B and up.remote_id == A and up.local_id == B
+    assert int(child["spi-in"], 16) == inst.outbound_spi
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_esn_preference(side: str, topo, interop) -> None:
+    """pyipsec's default ESP proposals prefer extended sequence numbers; charon's
+    kernel-libipsec has no ESN, so its proposal says noesn and that is what both use."""
+    auth, psks = psk_pair()
+    peer = py_peer(esp="aes128gcm16-esn", local_auth=auth, remote_auth=auth)
+    peer = PeerConfig(**{f: getattr(peer, f) for f in peer.__dataclass_fields__} | {
+        "children": (ChildConfig("t-c", local_ts=(f"{B}/32",), remote_ts=(f"{A}/32",),
+                                 mode="tunnel"),)})  # fmt: skip
+    assert peer.children[0].esp_proposals == ("aes128gcm16-esn", "aes128gcm16")
+    charon, drv = start(interop, topo, charon_conn(esp="aes128gcm16"), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert not inst.esn and "esn" not in child, child
+    check_agreement(side, up, inst, ike, child, "aes128gcm16")
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_charon_reauthenticates(side: str, topo, interop) -> None:
+    """charon reauthenticates (make-before-break: a new IKE SA with IKE_SA_INIT and
+    IKE_AUTH, then the old one is deleted): pyipsec ends with exactly the new IKE SA and
+    its Child SA, agreeing with charon."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    conn = charon_conn(reauth_time="3s", rekey_time="0", over_time="30s", rand_time="0s")
+    charon, drv = start(interop, topo, conn, psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    second = drv.wait_event(IkeSaUp, lambda e: e.spi_i != up.spi_i, timeout=15)
+    drv.wait_event(IkeSaDown, lambda e: e.ike_sa == up.ike_sa, timeout=15)
+    wait_until(lambda: ike_spis(charon) == [(second.spi_i, second.spi_r)],
+               what="charon to keep only the new IKE SA", log=charon.log_text)  # fmt: skip
+    (now_child,) = installed(charon)
+    (ours,) = [c for c in drv.call(lambda ep, now: ep.child_sas(second.ike_sa))
+               if c.state == "installed"]  # fmt: skip
+    assert int(now_child["spi-in"], 16) == ours.outbound_spi
+    assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 1
