@@ -160,7 +160,7 @@ def test_pyipsec_and_charon_tunnel(side: str, esp: str, family: int, tmp_path: P
                     os.kill(int(pid), 9)
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert sent == received and sent[0] == SIZE  # (bytes, sha256) on both ends
-        (after,) = charon.child_sas("t-c")
+        (after,) = charon.child_sas("t-c", block=True)
         assert int(after["packets-in"]) >= 3 and int(after["packets-out"]) >= 3
         assert int(after["bytes-in"]) >= SIZE  # charon decrypted all of it
 

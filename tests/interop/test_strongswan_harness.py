@@ -93,7 +93,7 @@ def test_two_charons_tunnel_esp_in_udp(tmp_path: Path) -> None:
             stop_process(capture)
         assert ping.returncode == 0, ping.stdout + ping.stderr + charon_a.log_text()
 
-        (after,) = charon_b.child_sas("t-c")
+        (after,) = charon_b.child_sas("t-c", block=True)
         assert int(after["packets-in"]) >= 3
         assert int(after["packets-out"]) >= 3
         log_a = charon_a.log_text()
@@ -147,7 +147,7 @@ def test_two_charons_certificates(ca_kind: str, leaf_kind: str, intermediate: bo
         charon_a.initiate("t-c")
         charon_a.wait_established("t-c")
         charon_b.wait_established("t-c")
-        (ike_b,) = charon_b.list_sas().values()
+        (ike_b,) = charon_b.list_sas(block=True).values()
         assert ike_b["remote-id"] == ids["a"]
         assert ike_b["dh-group"] == "ECP_256"
         ping = run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", INNER_A, INNER_B],
@@ -181,7 +181,7 @@ def test_rekey_and_dpd_between_charons() -> None:
     ):
         charon_a.initiate("t-c")
         first = charon_a.wait_established("t-c")
-        (ike_before,) = charon_a.list_sas().values()
+        (ike_before,) = charon_a.list_sas(block=True).values()
 
         # Child SA rekeyed by its 3 s lifetime: new SPIs, traffic still flows
         deadline = time.monotonic() + 15
@@ -210,7 +210,7 @@ def test_rekey_and_dpd_between_charons() -> None:
         charon_b.kill()
         charon_a.wait_for_log("giving up after", timeout=20)
         deadline = time.monotonic() + 10
-        while charon_a.list_sas():
+        while charon_a.list_sas(block=True):
             assert time.monotonic() < deadline, charon_a.log_text()[-3000:]
             time.sleep(0.2)
 
@@ -232,7 +232,10 @@ def test_mismatched_psk_fails_cleanly(tmp_path: Path) -> None:
             charon_a.initiate("t-c", timeout=8)
         charon_b.wait_for_log("tried 1 shared key for 'b@pyi' - 'a@pyi', but MAC mismatched")
         charon_a.wait_for_log("AUTHENTICATION_FAILED")
-        assert charon_a.child_sas("t-c") == [] and charon_b.child_sas("t-c") == []
+        assert (
+            charon_a.child_sas("t-c", block=True) == []
+            and charon_b.child_sas("t-c", block=True) == []
+        )
         for charon in (charon_a, charon_b):
             charon.save_artifacts(tmp_path / "results")
     saved = sorted(p.name for p in (tmp_path / "results").iterdir())
@@ -273,7 +276,7 @@ def test_charon_proposals(ike: str, esp: str, group: str, encr: str, keysize: st
     ):
         charon_a.initiate("t-c")
         child = charon_b.wait_established("t-c")
-        (ike_sa,) = charon_b.list_sas().values()
+        (ike_sa,) = charon_b.list_sas(block=True).values()
         assert ike_sa["dh-group"] == group
         assert child["encr-alg"] == encr
         if keysize:
@@ -281,5 +284,5 @@ def test_charon_proposals(ike: str, esp: str, group: str, encr: str, keysize: st
         ping = run(["ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", INNER_A, INNER_B],
                    ns=NS_A, check=False)  # fmt: skip
         assert ping.returncode == 0, ping.stdout + charon_a.log_text()[-2000:]
-        (after,) = charon_b.child_sas("t-c")
+        (after,) = charon_b.child_sas("t-c", block=True)
         assert int(after["packets-in"]) >= 2
