@@ -812,3 +812,24 @@ def test_charon_reauthenticates(side: str, topo, interop) -> None:
                if c.state == "installed"]  # fmt: skip
     assert int(now_child["spi-in"], 16) == ours.outbound_spi
     assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 1
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_several_traffic_selectors(side: str, topo, interop) -> None:
+    """A Child SA with two selectors on each side (TSi/TSr with several entries: TCP and
+    UDP between the hosts; charon's kernel-libipsec needs a local address inside each of
+    its selectors to route them, so no foreign subnets here)."""
+    auth, psks = psk_pair()
+    mine, theirs = (f"{B}/32[tcp]", f"{B}/32[udp]"), (f"{A}/32[tcp]", f"{A}/32[udp]")
+    py_child = ChildConfig("t-c", local_ts=mine, remote_ts=theirs, mode="tunnel",
+                           esp_proposals=("aes128gcm16",))  # fmt: skip
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    peer = PeerConfig(**{f: getattr(peer, f) for f in peer.__dataclass_fields__}
+                      | {"children": (py_child,)})  # fmt: skip
+    conn = charon_conn()
+    conn.children[0].local_ts, conn.children[0].remote_ts = list(theirs), list(mine)
+    charon, drv = start(interop, topo, conn, psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert sorted(child["local-ts"]) == sorted(theirs), child
+    assert sorted(child["remote-ts"]) == sorted(mine), child
+    assert len(inst.local_ts) == 2 and len(inst.remote_ts) == 2, inst
