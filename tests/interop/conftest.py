@@ -128,6 +128,16 @@ class InteropRun:
         return target
 
 
+@pytest.fixture(scope="module")
+def topo():
+    """Namespaces pyi-ai / pyi-bi / pyi-ci (tests/netns.py, tag "i") for one test module:
+    charon in A (10.99.1.1), pyipsec in B (10.99.1.2)."""
+    from netns import Topology
+
+    with Topology(tag="i") as t:
+        yield t
+
+
 @pytest.fixture
 def interop(request: pytest.FixtureRequest, tmp_path: Path):
     """An :class:`InteropRun`; capture on the pyipsec side's veth when ``topo`` is used."""
