@@ -13,6 +13,7 @@ statistics directly, with no subprocess protocol in between.
 * ``now`` is ``time.time()``; the loop sleeps until the next datagram or the endpoint's
   timer.
 * Commands run on the loop thread: ``driver.call(lambda ep, now: ep.initiate(...))``.
+* ``drop_in``/``drop_out`` hooks lose chosen datagrams (retransmission tests).
 * :meth:`IkeDriver.kill` stops the loop without sending anything: to charon it is
   indistinguishable from a crashed pyipsec (no DELETE, no more answers).
 * Every event and datagram is logged (never keys: events' key fields are left out) for the
@@ -99,6 +100,11 @@ class IkeDriver:
         self.events: list[IkeEvent] = []
         self.log: list[str] = []
         self.esp_dropped = 0
+        #: loss injection: called with (IKE message bytes without marker, (addr, port));
+        #: returning True drops that datagram (counted in :attr:`dropped`)
+        self.drop_in: Callable[[bytes, tuple[str, int]], bool] | None = None
+        self.drop_out: Callable[[bytes, tuple[str, int]], bool] | None = None
+        self.dropped = 0
         self.error: str | None = None
         self._cond = threading.Condition()
         self._commands: list[tuple[Callable[[IkeEndpoint, float], Any], list]] = []
@@ -287,6 +293,10 @@ class IkeDriver:
                     self.esp_dropped += 1
                     continue
                 data = data[4:]
+            if self.drop_in is not None and self.drop_in(data, addr):
+                self.dropped += 1
+                self._note(f"<- {addr[0]}:{addr[1]} to :{port} {len(data)} bytes DROPPED")
+                continue
             self._note(f"<- {addr[0]}:{addr[1]} to :{port} {len(data)} bytes")
             self.endpoint.receive_datagram(data, addr, now, (self.local_addr, port))
 
@@ -295,6 +305,10 @@ class IkeDriver:
         for data, dst, local in ep.datagrams_to_send_from(now):
             port = local[1] if local is not None else (4500 if dst[1] == 4500 else 500)
             sock = self._socks[4500 if port == 4500 else 500]
+            if self.drop_out is not None and self.drop_out(data, dst):
+                self.dropped += 1
+                self._note(f"-> {dst[0]}:{dst[1]} from :{port} {len(data)} bytes DROPPED")
+                continue
             payload = NON_ESP_MARKER + data if port == 4500 else data
             try:
                 sock.sendto(payload, dst)

@@ -157,7 +157,14 @@ CHARON_FQDN, PY_FQDN = "charon.pyi.test", "py.pyi.test"
 
 
 def cert_setup(
-    interop, topo, kind: str, *, intermediate: bool = False, dn_ids: bool = False, **conn_kw
+    interop,
+    topo,
+    kind: str,
+    *,
+    intermediate: bool = False,
+    dn_ids: bool = False,
+    retransmit=None,
+    **conn_kw,
 ):
     """Certificates of ``kind`` for both sides from a root CA the test makes (with
     ``intermediate``: each side's own sub-CA, which it sends along, so the peer must
@@ -178,7 +185,7 @@ def cert_setup(
         local_id=cid, remote_id=pid, local_cert="charon.pem", send_cert="always",
         remote_auth="pubkey", **conn_kw,
     )  # fmt: skip
-    charon = interop.charon(Charon(topo.a.ns, [conn]))
+    charon = interop.charon(Charon(topo.a.ns, [conn], retransmit=retransmit))
     charon.add_cert("root.pem", root.cert.public_bytes(Encoding.PEM), ca=True)
     charon.add_identity("charon.pem", ees["charon"].cert, ees["charon"].key, chains["charon"])
     local = AuthConfig(

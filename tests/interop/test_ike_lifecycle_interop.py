@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ikeinterop import (  # noqa: E402
     SIDES,
+    cert_setup,
     charon_conn,
     establish,
     ike_spis,
@@ -285,3 +286,52 @@ def test_charon_reauthenticates(side: str, topo, interop) -> None:
                if c.state == "installed"]  # fmt: skip
     assert int(now_child["spi-in"], 16) == ours.outbound_spi
     assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 1
+
+
+def _exchange(data: bytes) -> tuple[int, bool]:
+    """(exchange type, is a response) of an IKE message (RFC 7296 3.1 header)."""
+    return data[18], bool(data[19] & 0x20)
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("lost", ["request", "response"])
+def test_lost_ike_auth_is_retransmitted(lost: str, side: str, topo, interop) -> None:
+    """The first IKE_AUTH message of ``lost`` kind (as pyipsec sends or receives it) is
+    lost; the initiator retransmits, a responder answers a retransmitted request from its
+    cache (RFC 7296 2.1), and the IKE SA comes up once on both sides. With a certificate
+    chain every message is fragmented (RFC 7383), so whole fragment sets are resent."""
+    charon, drv, peer = cert_setup(interop, topo, "rsa2048", intermediate=True,
+                                   fragmentation="yes",
+                                   retransmit=strongswan.FAST_RETRANSMIT)  # fmt: skip
+    want_response = lost == "response"
+    window: dict[str, float] = {}
+
+    def lose(data: bytes, _addr) -> bool:
+        """Every IKE_AUTH datagram of the chosen kind in the first 0.3 s: all fragments of
+        the first transmission, none of the retransmissions (0.5 s and later)."""
+        exch, response = _exchange(data)
+        if exch != 35 or response != want_response:
+            return False
+        until = window.setdefault("until", time.monotonic() + 0.3)
+        return time.monotonic() < until
+
+    # pyipsec initiates: it sends the requests and receives the responses; else reversed
+    we_send = (side == "pyipsec") != want_response
+    if we_send:
+        drv.drop_out = lose
+    else:
+        drv.drop_in = lose
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    assert drv.dropped >= 1
+    assert (ike["initiator-spi"], ike["responder-spi"]) == (up.spi_i, up.spi_r)
+    assert len(drv.events_of(IkeSaUp)) == 1 and len(charon.list_sas(block=True)) == 1
+    log = charon.log_text()
+    stats = drv.endpoint.statistics()
+    if side == "charon":  # charon initiated: it retransmitted, we answered
+        assert "retransmit 1 of request" in log, log[-3000:]
+        if lost == "response":  # from the cached response
+            assert stats.counter("retransmitted_requests") >= 1, stats
+    else:  # we initiated and retransmitted
+        assert stats.counter("retransmits") >= 1, stats
+        if lost == "response":
+            assert "received retransmit of request" in log, log[-3000:]
