@@ -335,3 +335,48 @@ def test_lost_ike_auth_is_retransmitted(lost: str, side: str, topo, interop) -> 
         assert stats.counter("retransmits") >= 1, stats
         if lost == "response":
             assert "received retransmit of request" in log, log[-3000:]
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_lost_rekey_response(side: str, topo, interop) -> None:
+    """``side`` rekeys the Child SA and the first CREATE_CHILD_SA response is lost: the
+    request is retransmitted and answered from the responder's cache, so exactly one new
+    Child SA exists, the same on both sides."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer,
+                        retransmit=strongswan.FAST_RETRANSMIT)  # fmt: skip
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    window: dict[str, float] = {}
+
+    def lose(data: bytes, _addr) -> bool:
+        exch, response = _exchange(data)
+        if exch != 36 or not response:
+            return False
+        until = window.setdefault("until", time.monotonic() + 0.3)
+        return time.monotonic() < until
+
+    if side == "pyipsec":
+        drv.drop_in = lose
+        drv.call(lambda ep, now: ep.rekey_child(up.ike_sa, "t-c", now))
+    else:
+        drv.drop_out = lose
+        vici_rekey(charon, child="t-c")
+    ev = drv.wait_event(ChildSaRekeyed, timeout=15)
+    wait_until(
+        lambda: [int(sa["spi-in"], 16) for sa in installed(charon)] == [ev.new_outbound_spi],
+        what="one new Child SA on charon", log=charon.log_text,
+    )  # fmt: skip
+    time.sleep(1.0)
+    assert len(installed(charon)) == 1
+    live = drv.call(lambda ep, now: ep.child_sas(up.ike_sa))
+    assert [(c.inbound_spi, c.outbound_spi) for c in live if c.state == "installed"] == [
+        (ev.new_inbound_spi, ev.new_outbound_spi)
+    ], live
+    assert drv.dropped >= 1
+    stats = drv.endpoint.statistics()
+    if side == "charon":
+        assert stats.counter("retransmitted_requests") >= 1, stats
+    else:
+        assert stats.counter("retransmits") >= 1, stats
+    assert len(drv.events_of(ChildSaRekeyed)) == 1
