@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--dataplane-args", default="", metavar="ARGS",
+                        help="extra options for `pyipsec dataplane` (e.g. =--tso)")  # fmt: skip
     parser.add_argument("--out", metavar="DIR", help="keep collapsed stacks and logs here")
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(tb.REPO / ".venv" / "bin" / "py-spy")
@@ -149,7 +151,17 @@ def main(argv: list[str] | None = None) -> int:
                     log = open(out / f"pyipsec-{args.mode}-{side}.log", "wb")  # noqa: SIM115
                     stack.callback(log.close)
                     proc = subprocess.Popen(
-                        ["ip", "netns", "exec", ns, tb.PYIPSEC, "dataplane", "--static", str(path)],
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            ns,
+                            tb.PYIPSEC,
+                            "dataplane",
+                            *args.dataplane_args.split(),
+                            "--static",
+                            str(path),
+                        ],  # fmt: skip
                         stdout=log,
                         stderr=subprocess.STDOUT,
                     )

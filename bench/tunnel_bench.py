@@ -330,7 +330,18 @@ def bench_pyipsec(mode: str) -> Callable[[Result, argparse.Namespace, Path], Non
                 log = open(workdir / f"pyipsec-{mode}-{side}.log", "wb")  # noqa: SIM115
                 stack.callback(log.close)
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, PYIPSEC, "dataplane", "-v", "--static", str(path)],
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        PYIPSEC,
+                        "dataplane",
+                        "-v",
+                        *args.dataplane_args,
+                        "--static",
+                        str(path),
+                    ],  # fmt: skip
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -384,7 +395,18 @@ def bench_mixed(result: Result, args: argparse.Namespace, workdir: Path) -> None
         log = open(workdir / "pyipsec-mixed-a.log", "wb")  # noqa: SIM115
         stack.callback(log.close)
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", NS_A, PYIPSEC, "dataplane", "-v", "--static", str(path)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                NS_A,
+                PYIPSEC,
+                "dataplane",
+                "-v",
+                *args.dataplane_args,
+                "--static",
+                str(path),
+            ],  # fmt: skip
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -506,9 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run")
     parser.add_argument("--runs", type=int, default=3, help="runs per variant (median)")
     parser.add_argument("--parallel", type=int, default=1, help="iperf3 TCP flows (-P)")
+    parser.add_argument(
+        "--dataplane-args", default="", metavar="ARGS",
+        help="extra options for `pyipsec dataplane` (e.g. --dataplane-args=--tso)",
+    )  # fmt: skip
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--keep", metavar="DIR", help="keep logs and static files in DIR")
     args = parser.parse_args(argv)
+    args.dataplane_args = args.dataplane_args.split()
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
