@@ -360,3 +360,24 @@ def test_daemon_dpd(killed: str, side: str, topo, interop) -> None:
         while charon.list_sas(block=True):
             assert time.monotonic() < deadline, charon.log_text()[-3000:]
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize("side", ["pyipsec"])
+def test_traffic_on_demand(side: str, topo, interop) -> None:
+    """``start_action: trap`` on the daemon: the first packet between the inner addresses
+    makes the data plane acquire, the daemon initiates IKE with charon, and the ping that
+    triggered it gets through once the SAs are up. (charon's kernel-libipsec raises no
+    acquires: its log says "could not find an outbound IPsec SA ... dropping packet", so
+    there is no charon-initiates case.)"""
+    charon, daemon = setup(interop, topo, "aes128gcm16", py_child={"start_action": "trap"})
+    host, src, dst = topo.b, INNER_B, INNER_A
+    assert charon.child_sas("t-c", block=True) == [] and daemon.child_sas() == []
+    res = host.run("ping", "-n", "-c", "6", "-i", "0.3", "-W", "2", "-I", src, dst,
+                   check=False, timeout=30)  # fmt: skip
+    assert res.returncode == 0, res.stdout.decode() + daemon.log_text()[-3000:]
+    sa = charon.wait_established("t-c")
+    (ours,) = daemon.child_sas()
+    assert int(ours["spi_out"], 16) == int(sa["spi-in"], 16)
+    assert int(sa["packets-in"]) >= 3
+    (ike,) = charon.list_sas(block=True).values()
+    assert ike.get("initiator", "no") == ("yes" if side == "charon" else "no")
