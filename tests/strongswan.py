@@ -14,7 +14,9 @@ several charons coexist on one machine (facts in DESIGN.md, "Real components"):
 * ``socket-default.fwmark = 0x42`` and ``kernel-netlink.fwmark = !0x42``, so charon's own
   IKE/ESP packets are never routed into its TUN; ``allow_peer_ts = yes`` for host-to-host.
 * every charon has its own vici socket in its directory; ``swanctl --uri`` loads config,
-  and a small vici client of our own (below) lists SAs as dictionaries.
+  and a small vici client of our own (tests/vici_client.py) lists SAs as dictionaries.
+* :class:`NetnsPair` (IPv4, optionally IPv6) holds a lock named after its namespaces, so
+  two test runs at once wait for each other instead of deleting each other's namespaces.
 
 Public API::
 
