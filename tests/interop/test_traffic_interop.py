@@ -381,3 +381,62 @@ def test_traffic_on_demand(side: str, topo, interop) -> None:
     assert int(sa["packets-in"]) >= 3
     (ike,) = charon.list_sas(block=True).values()
     assert ike.get("initiator", "no") == ("yes" if side == "charon" else "no")
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("kind", ["p256", "rsa2048"])
+def test_daemon_certificates(kind: str, side: str, topo, interop) -> None:
+    """The daemon authenticates with a certificate and key from PEM files and checks
+    charon's against a CA file (RSA chains go out in IKE fragments); traffic flows."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pki import Pki, make_ee
+
+    pki = Pki("rsa2048" if kind.startswith("rsa") else "p256")
+    ids = {"charon": "charon.pyi.test", "py": "py.pyi.test"}
+    ees = {s: make_ee(pki.intermediate, kind, cn=n, dns=[n]) for s, n in ids.items()}
+    pem = serialization.Encoding.PEM
+    child = Child("t-c", [f"{INNER_A}/32"], [f"{INNER_B}/32"], esp_proposals=["aes256gcm16"])
+    conn = Connection("t", [A], [B], ids["charon"], ids["py"], [child], encap=True,
+                      auth="pubkey", local_cert="charon.pem", send_cert="always",
+                      fragmentation="yes",
+                      ike_proposals=["aes256gcm16-prfsha384-ecp256"])  # fmt: skip
+    charon = interop.charon(Charon(topo.a.ns, [conn]))
+    charon.add_cert("root.pem", pki.root.cert.public_bytes(pem), ca=True)
+    charon.add_identity("charon.pem", ees["charon"].cert, ees["charon"].key,
+                        [pki.intermediate.cert])  # fmt: skip
+    charon.start()
+    files = Path(tempfile.mkdtemp(prefix="pyi-interop-certs-"))
+    try:
+        cert = files / "py.pem"
+        cert.write_bytes(ees["py"].cert.public_bytes(pem) + pki.intermediate.cert.public_bytes(pem))
+        key = files / "py.key"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(ees["py"].key.private_bytes(
+                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+        ca = files / "ca.pem"
+        ca.write_bytes(pki.root.cert.public_bytes(pem))
+        connection = {
+            "local_addrs": [B], "remote_addrs": [A],
+            "proposals": ["aes256gcm16-prfsha384-ecp256"],
+            "local": {"auth": "pubkey", "id": ids["py"], "cert": str(cert), "key": str(key)},
+            "remote": {"auth": "pubkey", "id": ids["charon"], "cacerts": [str(ca)]},
+            "encap": True, "retransmit_timeout": "1s", "retransmit_tries": 3,
+            "children": {"t-c": {"local_ts": [f"{INNER_B}/32"], "remote_ts": [f"{INNER_A}/32"],
+                                 "mode": "tunnel", "esp_proposals": ["aes256gcm16"]}},
+        }  # fmt: skip
+        daemon = interop.daemon(Daemon(topo.b, connection, os.urandom(16)))
+        daemon.start()
+        sa = bring_up(side, charon, daemon)
+        res = ping(topo)
+        assert res.returncode == 0, res.stdout.decode() + daemon.log_text()[-3000:]
+        (ike,) = charon.list_sas(block=True).values()
+        assert ike["remote-id"] == ids["py"]
+        assert int(daemon.child_sas()[0]["spi_out"], 16) == int(sa["spi-in"], 16)
+        log = charon.log_text()
+        assert f"authentication of '{ids['py']}' with" in log
+        if kind.startswith("rsa"):
+            assert "splitting IKE message" in log and "reassembled fragmented" in log
+    finally:
+        shutil.rmtree(files, ignore_errors=True)
