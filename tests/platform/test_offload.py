@@ -136,3 +136,40 @@ def test_coalesce_leaves_what_it_cannot_merge():
     assert kinds == [1, 0, 1, 0, 0, 0, 0, 4, 0]
     assert bufs[1] == w + other and bufs[3] == w + syn and bufs[8] == w + short_mid[2]
     assert offload.split(bufs[0]) == [p for p in run]
+
+
+@pytest.mark.parametrize("v", [4, 6])
+@pytest.mark.parametrize("field", ["ack", "window", "ttl", "tsval", "dport", "none"])
+def test_coalesce_run_ends_when_a_fixed_header_field_differs(v, field):
+    """Within a run only lengths, IPv4 ID, checksums, sequence number and PSH may vary;
+    any other header difference starts a new write. The writev buffers (payloads as
+    memoryviews) are the joined bytes coalesce() returns."""
+    segs = tcp_segments(v, 4, psh_last=False)
+    for k in (2, 3):  # the last two segments differ from the first two in ``field``
+        pkt = IP(segs[k]) if v == 4 else IPv6(segs[k])
+        tcp = pkt[TCP]
+        if field == "ack":
+            tcp.ack = 56
+        elif field == "window":
+            tcp.window = 501
+        elif field == "ttl":
+            if v == 4:
+                pkt.ttl = 63
+            else:
+                pkt.hlim = 63
+        elif field == "tsval":
+            tcp.options = [("Timestamp", (2, 2))]
+        elif field == "dport":
+            tcp.dport = 1000
+        tcp.chksum = None
+        if v == 4:
+            pkt.chksum = None
+        segs[k] = bytes(pkt)
+    iovs = offload.coalesce_iov(segs)
+    assert [b"".join(i) for i in iovs] == offload.coalesce(segs)
+    if field == "none":
+        assert len(iovs) == 1 and offload.split(b"".join(iovs[0])) == segs
+    else:
+        assert len(iovs) == 2 and offload.split(b"".join(iovs[0])) == segs[:2]
+        assert offload.split(b"".join(iovs[1])) == segs[2:]
+        assert all(isinstance(b, memoryview) for b in iovs[0][1:])

@@ -344,28 +344,36 @@ class InboundPipeline:
         done: list[bytes] = []
         write = done.append
         errors = self.errors
+        off = 4 if proto == 51 else 0
+        unpack_spi = _SPI.unpack_from
+        last_spi = -1
+        sa: Any = None
         for payload, src, dst in items:
             n = len(payload)
-            if udp:
-                if n == 1 and payload[0] == 0xFF:
+            if n < off + 8:
+                if udp and n == 1 and payload[0] == 0xFF:
                     self._keepalives += 1
-                    continue
-                if n >= 4 and payload[:4] == b"\0\0\0\0":
+                elif udp and n >= 4 and payload[:4] == b"\0\0\0\0":
+                    self._non_esp += 1
+                else:
+                    _bump(errors, MalformedPacket.counter)
+                continue
+            spi = unpack_spi(payload, off)[0]
+            if spi != last_spi:  # runs of one SA: one dict lookup per run
+                if udp and spi == 0:  # non-ESP marker (RFC 3948 2.2): IKE
                     self._non_esp += 1
                     continue
-            off = 4 if proto == 51 else 0
-            if n < off + 8:
-                _bump(errors, MalformedPacket.counter)
-                continue
-            found = sas.get((proto, _SPI.unpack_from(payload, off)[0]))
-            if found is None:
-                _bump(errors, "bad_spi_packets")
-                continue
+                found = sas.get((proto, spi))
+                if found is None:
+                    _bump(errors, "bad_spi_packets")
+                    continue
+                sa = found[1]
+                last_spi = spi
             try:
                 if proto == 50:
-                    inner = found[1].decapsulate_esp(payload, src, dst, now)
+                    inner = sa.decapsulate_esp(payload, src, dst, now)
                 else:
-                    inner = found[1].decapsulate(_ipv6_header(payload, src, dst) + payload, now)
+                    inner = sa.decapsulate(_ipv6_header(payload, src, dst) + payload, now)
             except PacketError as exc:
                 _bump(errors, exc.counter)
                 continue

@@ -193,7 +193,7 @@ class SecurityAssociation:
         self._fast_esp = self._fast_in and self._tunnel and not proc.tfc
         if self._fast_esp:
             self._tr4e, self._tr6e = proc._tr4, proc._tr6
-        self._sel_cache: dict[bytes, bool] = {}
+        self._sel_cache: dict[tuple[int, bytes], bool] = {}
         self._sel_gen: object = None
         # outbound: 1 = tunnel over IPv4, 2 = the same in UDP (NAT-T), 3 = transport
         # (IPv4 inner packets without options); 0 = the general path only
@@ -459,10 +459,15 @@ class SecurityAssociation:
         if gen is None:
             return sel.matches(parse_flow(inner))  # type: ignore[union-attr]
         b0 = inner[0]
-        if b0 == 0x45 and len(inner) >= 24 and (inner[9] == 6 or inner[9] == 17):
-            key = inner[6:8] + inner[9:10] + inner[12:24]
+        if (
+            b0 == 0x45
+            and len(inner) >= 24
+            and (inner[9] == 6 or inner[9] == 17)
+            and not (inner[6] & 0x1F or inner[7])  # not a later fragment (no ports)
+        ):
+            key = (inner[9], inner[12:24])
         elif b0 >> 4 == 6 and len(inner) >= 44 and (inner[6] == 6 or inner[6] == 17):
-            key = inner[6:7] + inner[8:44]
+            key = (inner[6], inner[8:44])
         else:
             return sel.matches(parse_flow(inner))  # type: ignore[union-attr]
         cache = self._sel_cache

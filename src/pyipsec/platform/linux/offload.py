@@ -145,65 +145,84 @@ MAX_COALESCED = 65535 - 128  #: payload bytes of one coalesced super-packet at m
 MAX_SEGMENTS = 64
 
 
-def _tcp_key(p: bytes) -> tuple[bytes, int, int, int, int, int] | None:
-    """(flow key, TCP offset, header length, payload length, seq, flags) of a plain TCP
-    segment that may be merged (IPv4 without options or fragments, IPv6 without extension
-    headers; only ACK/PSH flags; some payload); None otherwise."""
-    n = len(p)
-    b0 = p[0]
-    if b0 == 0x45:
-        if n < 40 or p[9] != 6 or (p[6] & 0x3F) or p[7]:  # MF or fragment offset
-            return None
-        l4 = 20
-        ipkey = p[1:2] + p[6:7] + p[8:9] + p[12:20]  # TOS, DF, TTL, addresses
-    elif b0 >> 4 == 6:
-        if n < 60 or p[6] != 6:
-            return None
-        l4 = 40
-        ipkey = p[0:4] + p[7:40]  # traffic class, flow label, hop limit, addresses
-    else:
-        return None
-    thl = (p[l4 + 12] >> 4) * 4
-    flags = p[l4 + 13]
-    hl = l4 + thl
-    if thl < 20 or hl >= n or flags & ~0x18 or not flags & 0x10:  # ACK, maybe PSH; data
-        return None
-    key = ipkey + p[l4 : l4 + 4] + p[l4 + 8 : l4 + 12] + p[l4 + 14 : l4 + 16] + p[l4 + 20 : hl]
-    return key, l4, hl, n - hl, _I.unpack_from(p, l4 + 4)[0], flags
+def _mask(l4: int, hl: int) -> int:
+    """An AND mask over a packet's first ``hl`` bytes keeping what must be equal within one
+    merged run: every header byte except the IP lengths, IPv4 identification and header
+    checksum, the TCP sequence number, the PSH flag and the TCP checksum."""
+    m = bytearray(b"\xff" * hl)
+    blank = [(2, 6), (10, 12)] if l4 == 20 else [(4, 6)]
+    blank += [(l4 + 4, l4 + 8), (l4 + 16, l4 + 18)]
+    for a, b in blank:
+        m[a:b] = bytes(b - a)
+    m[l4 + 13] &= ~0x08
+    return int.from_bytes(m, "big")
+
+
+_MASK4 = {20 + thl: _mask(20, 20 + thl) for thl in range(20, 64, 4)}
+_MASK6 = {40 + thl: _mask(40, 40 + thl) for thl in range(20, 64, 4)}
 
 
 def coalesce(packets: list[bytes]) -> list[bytes]:
-    """TUN writes (virtio header included) for decapsulated packets, merging runs of
-    consecutive in-order TCP segments of one flow into one GSO super-packet.
+    """TUN writes (virtio header included) for decapsulated packets: see
+    :func:`coalesce_iov`, each write joined into one buffer."""
+    return [b"".join(iov) for iov in coalesce_iov(packets)]
+
+
+def coalesce_iov(packets: list[bytes]) -> list[list[bytes | memoryview]]:
+    """TUN writes for decapsulated packets, each a list of buffers for one ``writev``
+    (virtio header first), merging runs of consecutive in-order TCP segments of one flow
+    into one GSO super-packet.
 
     The kernel's TCP then handles one large packet where it would handle up to 64 (the
-    receive-side counterpart of TSO, as GRO does for a NIC). A run grows while the next
-    segment has the same addresses, ports, ACK number, window and options, continues the
-    sequence numbers and is not longer than the first; a shorter segment or PSH ends it.
-    Anything else is written alone (``WRITE_HEADER``). The merged packet carries the
-    pseudo-header sum in its checksum field and NEEDS_CSUM, as TSO packets do.
+    receive-side counterpart of TSO, as GRO does for a NIC). A segment may join a run
+    (IPv4 without options or fragments, IPv6 without extension headers, TCP with only
+    ACK/PSH set and some payload) when its headers equal the first segment's except for
+    lengths, IPv4 identification, checksums, sequence number and PSH (one masked integer
+    comparison), its sequence number continues the run and it is not longer than the
+    first; a shorter segment or PSH ends the run. Anything else is written alone
+    (``WRITE_HEADER``). The merged packet carries the pseudo-header sum in its checksum
+    field and NEEDS_CSUM, as TSO packets do; payloads are passed as memoryviews (no copy).
     """
-    out: list[bytes] = []
+    out: list[list[bytes | memoryview]] = []
+    append = out.append
     run: list[bytes] = []
-    run_key = b""
-    seg = nxt = total = 0
+    run_key = seg = nxt = total = hl0 = 0
     ended = True
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(WRITE_HEADER + run[0])
-        elif run:
-            out.append(_merge(run, seg, total))
-
+    from_bytes = int.from_bytes
+    unpack_i = _I.unpack_from
     for p in packets:
-        info = _tcp_key(p)
-        if info is None:
-            flush()
-            run = []
+        n = len(p)
+        b0 = p[0]
+        if b0 == 0x45:
+            if n < 40 or p[9] != 6 or (p[6] & 0x3F) or p[7]:  # MF or fragment offset
+                key = 0
+            else:
+                l4 = 20
+                masks = _MASK4
+                key = 1
+        elif b0 >> 4 == 6 and n >= 60 and p[6] == 6:
+            l4 = 40
+            masks = _MASK6
+            key = 1
+        else:
+            key = 0
+        if key:
+            flags = p[l4 + 13]
+            hl = l4 + (p[l4 + 12] >> 4) * 4
+            mask = masks.get(hl)
+            if mask is None or hl >= n or flags & ~0x18 or not flags & 0x10:
+                key = 0
+            else:
+                key = from_bytes(p[:hl], "big") & mask
+        if not key:
+            if run:
+                append(_merged(run, seg, total, hl0) if len(run) > 1 else [WRITE_HEADER, run[0]])
+                run = []
             ended = True
-            out.append(WRITE_HEADER + p)
+            append([WRITE_HEADER, p])
             continue
-        key, _l4, _hl, plen, seq, flags = info
+        plen = n - hl
+        seq = unpack_i(p, l4 + 4)[0]
         if (
             not ended
             and key == run_key
@@ -215,23 +234,24 @@ def coalesce(packets: list[bytes]) -> list[bytes]:
             run.append(p)
             total += plen
             nxt = (seq + plen) & 0xFFFFFFFF
-            ended = plen < seg or bool(flags & 0x08)
+            ended = plen < seg or flags & 0x08
             continue
-        flush()
+        if run:
+            append(_merged(run, seg, total, hl0) if len(run) > 1 else [WRITE_HEADER, run[0]])
         run = [p]
-        run_key, seg, total = key, plen, plen
+        run_key, seg, total, hl0 = key, plen, plen, hl
         nxt = (seq + plen) & 0xFFFFFFFF
-        ended = bool(flags & 0x08)
-    flush()
+        ended = flags & 0x08
+    if run:
+        append(_merged(run, seg, total, hl0) if len(run) > 1 else [WRITE_HEADER, run[0]])
     return out
 
 
-def _merge(run: list[bytes], seg: int, total: int) -> bytes:
+def _merged(run: list[bytes], seg: int, total: int, hl: int) -> list[bytes | memoryview]:
     first = run[0]
     v4 = first[0] == 0x45
     l4 = 20 if v4 else 40
-    thl = (first[l4 + 12] >> 4) * 4
-    hl = l4 + thl
+    thl = hl - l4
     ip = bytearray(first[:l4])
     if v4:
         _H.pack_into(ip, 2, hl + total)
@@ -246,4 +266,6 @@ def _merge(run: list[bytes], seg: int, total: int) -> bytes:
     _H.pack_into(th, 16, psum or 0xFFFF)
     gso = GSO_TCPV4 if v4 else GSO_TCPV6
     vh = VNET_HDR.pack(F_NEEDS_CSUM, gso, hl, seg, l4, 16)
-    return b"".join([vh, ip, th, *(p[hl:] for p in run)])
+    iov: list[bytes | memoryview] = [vh + ip + th]
+    iov += [memoryview(p)[hl:] for p in run]
+    return iov

@@ -163,16 +163,17 @@ class Tun:
 
     def write_batch(self, packets: list[bytes]) -> None:
         """Write decapsulated packets; with offloads, runs of one TCP flow are merged into
-        GSO super-packets first (:func:`pyipsec.platform.linux.offload.coalesce`)."""
+        GSO super-packets first (:func:`pyipsec.platform.linux.offload.coalesce_iov`),
+        one ``writev`` each."""
         if not self.vnet_hdr:
             for p in packets:
                 self.write(p)
             return
-        write = os.write
+        writev = os.writev
         fd = self.fd
-        for buf in offload_mod.coalesce(packets):
+        for iov in offload_mod.coalesce_iov(packets):
             try:
-                write(fd, buf)
+                writev(fd, iov)
             except OSError as exc:
                 if exc.errno in (errno.EINVAL, errno.EIO, errno.EAGAIN, errno.ENOBUFS):
                     self._we += 1
