@@ -35,7 +35,7 @@ def _cell(item: pytest.Item) -> tuple[str, str] | None:
     if side not in SIDES:
         return None
     name = getattr(item, "originalname", item.name).removeprefix("test_")
-    rest = [str(v) for k, v in params.items() if k != "side"]
+    rest = [f"{k}={v}" for k, v in params.items() if k != "side"]
     return (name + (f" [{', '.join(rest)}]" if rest else ""), side)
 
 
