@@ -379,6 +379,8 @@ class Charon:
     def start(self, *, load: bool = True, timeout: float = 10.0) -> None:
         """Write the config, start charon in the namespace, wait for vici, load config."""
         self.write_config()
+        if os.path.exists(self.vici_path):  # left by a killed charon: wait for the new one
+            os.unlink(self.vici_path)
         script = f'mount --bind "{self.workdir}/run" /run && exec "{CHARON}"'
         self.proc = subprocess.Popen(
             [

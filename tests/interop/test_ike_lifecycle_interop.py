@@ -18,8 +18,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ikedriver import IkeDriver  # noqa: E402
 from ikeinterop import (  # noqa: E402
     SIDES,
+    B,
     cert_setup,
     charon_conn,
     establish,
@@ -35,7 +37,9 @@ from ikeinterop import (  # noqa: E402
 import strongswan  # noqa: E402
 from pyipsec.ike import (  # noqa: E402
     ChildSaDeleted,
+    ChildSaInstalled,
     ChildSaRekeyed,
+    EndpointConfig,
     IkeSaDown,
     IkeSaRekeyed,
     IkeSaUp,
@@ -380,3 +384,36 @@ def test_lost_rekey_response(side: str, topo, interop) -> None:
     else:
         assert stats.counter("retransmits") >= 1, stats
     assert len(drv.events_of(ChildSaRekeyed)) == 1
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("restarted", ["charon", "pyipsec"])
+def test_peer_restart_initial_contact(restarted: str, side: str, topo, interop) -> None:
+    """A peer crashes and comes back without state, then connects again with
+    INITIAL_CONTACT (RFC 7296 2.4): the survivor drops the stale IKE SA and its Child SAs
+    at once (no waiting for DPD) and keeps only the new ones."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer)
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    if restarted == "charon":
+        charon.kill()
+        charon.start()
+        charon.initiate("t-c")
+        down = drv.wait_event(IkeSaDown, lambda e: e.ike_sa == up.ike_sa)
+        assert down.reason == "replaced", down
+        new = drv.wait_event(IkeSaUp, lambda e: e.ike_sa != up.ike_sa)
+        assert drv.endpoint.statistics().counter("initial_contact_replaced") == 1
+        assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 1
+        assert ike_spis(charon) == [(new.spi_i, new.spi_r)]
+    else:
+        drv.kill()
+        fresh = interop.driver(IkeDriver(topo.b.ns, B, EndpointConfig(peers=(peer,),
+                                                                      local_addr=B)))  # fmt: skip
+        fresh.start()
+        fresh.call(lambda ep, now: ep.initiate(peer, peer.children[0], now))
+        new = fresh.wait_event(IkeSaUp)
+        fresh.wait_event(ChildSaInstalled)
+        wait_until(lambda: ike_spis(charon) == [(new.spi_i, new.spi_r)],
+                   what="charon to drop the stale IKE SA", log=charon.log_text)  # fmt: skip
+        assert len(installed(charon)) == 1
