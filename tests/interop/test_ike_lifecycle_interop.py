@@ -44,6 +44,7 @@ from pyipsec.ike import (  # noqa: E402
     IkeSaRekeyed,
     IkeSaUp,
 )
+from vici_client import ViciClient  # noqa: E402
 
 pytestmark = [
     pytest.mark.netns,
@@ -417,3 +418,37 @@ def test_peer_restart_initial_contact(restarted: str, side: str, topo, interop) 
         wait_until(lambda: ike_spis(charon) == [(new.spi_i, new.spi_r)],
                    what="charon to drop the stale IKE SA", log=charon.log_text)  # fmt: skip
         assert len(installed(charon)) == 1
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_simultaneous_ike_delete(side: str, topo, interop) -> None:
+    """Both sides delete the IKE SA at once (each sends its DELETE before seeing the
+    other's): both end without SAs, promptly, and pyipsec reports the IKE SA down once."""
+    auth, psks = psk_pair()
+    peer = py_peer(local_auth=auth, remote_auth=auth)
+    charon, drv = start(interop, topo, charon_conn(), psks, peer,
+                        retransmit=strongswan.FAST_RETRANSMIT)  # fmt: skip
+    up, inst, ike, child = establish(side, charon, drv, peer)
+    holding = threading.Event()
+
+    def held_delete(ep, now):
+        holding.set()
+        time.sleep(1.0)
+        ep.delete_ike(up.ike_sa, time.time())
+
+    hold = threading.Thread(target=drv.call, args=(held_delete,))
+    hold.start()
+    assert holding.wait(5)
+    client = ViciClient(charon.vici_path)
+    try:  # like swanctl --terminate, without waiting for the outcome
+        client.request("terminate", {"ike": "t", "timeout": "-1"})
+    finally:
+        client.close()
+    hold.join()
+    down = drv.wait_event(IkeSaDown, timeout=10)
+    assert down.reason in ("deleted", "deleted by peer"), down
+    wait_until(lambda: charon.list_sas(block=True) == {}, timeout=10,
+               what="charon to drop the IKE SA", log=charon.log_text)  # fmt: skip
+    time.sleep(1.5)  # nothing left behind, no late retransmissions failing
+    assert len(drv.events_of(IkeSaDown)) == 1
+    assert drv.call(lambda ep, now: ep.statistics()).ike_sas == 0
