@@ -128,8 +128,9 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         pass
 
 
-def start_capture(ns: str, dev: str, path: Path | str) -> subprocess.Popen:
+def start_capture(ns: str, dev: str, path: Path | str, *, snaplen: int = 0) -> subprocess.Popen:
     """Start tcpdump on ``dev`` in ``ns`` writing ``path``; return once it listens.
+    ``snaplen`` > 0 keeps only that many bytes of each packet (long transfers).
 
     ``--immediate-mode`` matters: without it packets still in the capture ring buffer
     are lost when the capture is stopped right after the traffic. Stop it with
@@ -149,6 +150,7 @@ def start_capture(ns: str, dev: str, path: Path | str) -> subprocess.Popen:
             "-nn",
             "-U",
             "--immediate-mode",
+            *(["-s", str(snaplen)] if snaplen > 0 else []),
             "-w",
             str(path),
         ],  # fmt: skip
