@@ -61,7 +61,7 @@ LABELS = {
     "pyipsec-tunnel": "pyipsec tunnel ESP-in-UDP aes128gcm16",
     "pyipsec-transport": "pyipsec transport raw ESP aes128gcm16",
     "mixed": "pyipsec (IKE + data plane) A <-> strongSwan B, tunnel",
-    "daemon": "pyipsec daemon <-> pyipsec daemon (IKEv2), tunnel UDP",
+    "daemon": "pyipsec daemon <-> pyipsec daemon (IKEv2), tunnel",
 }
 OPTIONAL = ("mixed", "daemon")  #: run only when named in --variants
 
@@ -110,6 +110,7 @@ class Result:
     runs: list[float] = field(default_factory=list)  # Mbit/s
     cpu: list[float] = field(default_factory=list)  # tunnel CPU seconds per GB carried
     skipped: str | None = None
+    note: str | None = None  # printed under the table (e.g. what was really negotiated)
 
     @property
     def median(self) -> float | None:
@@ -493,6 +494,14 @@ def bench_daemon(result: Result, args: argparse.Namespace, workdir: Path) -> Non
             if time.monotonic() > deadline:
                 raise Skip("the daemons did not establish the Child SA within 20 s")
             time.sleep(0.1)
+        (child,) = ControlClient(socks["a"], timeout=5).call("status")["child_sas"]
+        if not child.get("encap"):
+            what = f"{child.get('mode')} {child.get('protocol')}"
+            result.note = (
+                f"daemon: the Child SA was negotiated as {what} without UDP encapsulation"
+                " although the config says encap: true"
+            )
+            print(f"  {result.note}", flush=True)
         wait_ping(NS_A, INNER_A, INNER_B)
         measure(result, INNER_A, INNER_B, args, (NS_A, "pyipsec0"))
 
@@ -589,6 +598,9 @@ def run_variants(args: argparse.Namespace, names: list[str]) -> int:
     print()
     cc = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
     print_table(results, args.runs, f"{args.parallel} flow(s), {cc}, {args.duration} s")
+    for res in results:
+        if res.note:
+            print(f"note: {res.note}")
     by_name = {r.name: r for r in results}
     ours, theirs = by_name.get("pyipsec-tunnel"), by_name.get("strongswan")
     if ours and theirs and ours.median and theirs.median:
