@@ -214,24 +214,24 @@ class OutboundPipeline:
             if out is None:
                 self._hold(entry, flow, pkt)
                 continue
-            try:
-                if out.udp:
-                    wire = out.sa.encapsulate_esp(pkt, now)
-                else:
-                    wire = out.sa.encapsulate(pkt, now)
-            except PacketError as exc:
-                _bump(self.errors, exc.counter)
-                continue
             if not out.buf:
                 used.append(out)
-            out.buf.append(wire)
-            out.nbytes += len(wire)
+            out.buf.append(pkt)  # encapsulated per SA below, as one batch
         for out in used:
-            buf = out.buf
             if out.udp:
-                self.sender.send_udp(buf, out.version, out.addr)
+                buf = out.sa.encapsulate_esp_batch(out.buf, now, self.errors)
+                if buf:
+                    self.sender.send_udp(buf, out.version, out.addr)
             else:
-                self.sender.send_ip(buf, out.version, out.dst)
+                buf = []
+                for pkt in out.buf:
+                    try:
+                        buf.append(out.sa.encapsulate(pkt, now))
+                    except PacketError as exc:
+                        _bump(self.errors, exc.counter)
+                if buf:
+                    self.sender.send_ip(buf, out.version, out.dst)
+            out.nbytes = sum(map(len, buf))
             self._sent += len(buf)
             self._bytes += out.nbytes
             out.buf = []
@@ -346,9 +346,11 @@ class InboundPipeline:
         errors = self.errors
         off = 4 if proto == 51 else 0
         unpack_spi = _SPI.unpack_from
-        last_spi = -1
-        sa: Any = None
-        for payload, src, dst in items:
+        i = 0
+        k = len(items)
+        while i < k:
+            payload, src, dst = items[i]
+            i += 1
             n = len(payload)
             if n < off + 8:
                 if udp and n == 1 and payload[0] == 0xFF:
@@ -359,31 +361,30 @@ class InboundPipeline:
                     _bump(errors, MalformedPacket.counter)
                 continue
             spi = unpack_spi(payload, off)[0]
-            if spi != last_spi:  # runs of one SA: one dict lookup per run
-                if udp and spi == 0:  # non-ESP marker (RFC 3948 2.2): IKE
-                    self._non_esp += 1
-                    continue
-                found = sas.get((proto, spi))
-                if found is None:
-                    _bump(errors, "bad_spi_packets")
-                    continue
-                sa = found[1]
-                last_spi = spi
+            if udp and spi == 0:  # non-ESP marker (RFC 3948 2.2): IKE
+                self._non_esp += 1
+                continue
+            found = sas.get((proto, spi))
+            if found is None:
+                _bump(errors, "bad_spi_packets")
+                continue
+            sa = found[1]
+            if proto == 50:  # the run of this SPI goes to the SA as one batch
+                j = i
+                while j < k and len(items[j][0]) >= 8 and unpack_spi(items[j][0])[0] == spi:
+                    j += 1
+                sa.decapsulate_esp_batch(items[i - 1 : j], now, done, errors)
+                i = j
+                continue
             try:
-                if proto == 50:
-                    inner = sa.decapsulate_esp(payload, src, dst, now)
-                else:
-                    inner = sa.decapsulate(_ipv6_header(payload, src, dst) + payload, now)
+                write(sa.decapsulate(_ipv6_header(payload, src, dst) + payload, now))
             except PacketError as exc:
                 _bump(errors, exc.counter)
-                continue
             except ValueError:  # unparsable address from a cmsg: count as malformed
                 _bump(errors, MalformedPacket.counter)
-                continue
-            write(inner)
-            self._delivered += 1
-            self._bytes += len(inner)
         if done:
+            self._delivered += len(done)
+            self._bytes += sum(map(len, done))
             self.sink.write_batch(done)
 
     def tick(self, now: float) -> list[SaEventReport]:

@@ -35,7 +35,7 @@ import ipaddress
 import logging
 import struct
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 
@@ -48,6 +48,7 @@ from pyipsec.errors import (
     SelectorMismatch,
     UnknownSpi,
 )
+from pyipsec.ipsec import sa_batch
 from pyipsec.ipsec.ah import AhProcessor
 from pyipsec.ipsec.esp import EspProcessor
 from pyipsec.ipsec.lifetime import (
@@ -704,6 +705,24 @@ class SecurityAssociation:
         except PacketError as e:
             self._fail(e)
             raise
+
+    # ------------------------------------------------------------------ batches
+
+    def encapsulate_esp_batch(
+        self, packets: list[bytes], now: float, errors: dict[str, int]
+    ) -> list[bytes]:
+        """:meth:`encapsulate_esp` for a batch (:mod:`pyipsec.ipsec.sa_batch`); failing
+        packets are counted here and in ``errors`` and left out."""
+        return sa_batch.encapsulate_esp_batch(self, packets, now, errors)
+
+    def decapsulate_esp_batch(
+        self, items: list[tuple[bytes, Any, Any]], now: float, out: list[bytes],
+        errors: dict[str, int],
+    ) -> None:  # fmt: skip
+        """:meth:`decapsulate_esp` for (message, src, dst) items of this SA, inner packets
+        appended to ``out`` (:mod:`pyipsec.ipsec.sa_batch`); failing packets are counted
+        here and in ``errors`` and left out."""
+        sa_batch.decapsulate_esp_batch(self, items, now, out, errors)
 
     # ------------------------------------------------------------------ statistics
 

@@ -127,9 +127,14 @@ class Tun:
         try:
             if self.vnet_hdr:
                 split = offload_mod.split
+                append = out.append
                 while n < limit:
                     buf = read(fd, MAX_PACKET + offload_mod.VNET_HDR_LEN)
                     n += 1
+                    # no GSO, checksum complete (the default without TSO): skip the header
+                    if not buf[1] and not buf[0] & offload_mod.F_NEEDS_CSUM and len(buf) > 30:
+                        append(buf[offload_mod.VNET_HDR_LEN :])
+                        continue
                     try:
                         out += split(buf)
                     except MalformedPacket:
