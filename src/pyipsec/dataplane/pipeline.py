@@ -9,19 +9,22 @@ Outbound, one call of :meth:`OutboundPipeline.process` per batch read from the T
                       TUN are counted and dropped (the kernel should not have sent them)
     no SA yet         hold the packet in a bounded per-(child, destination) queue (oldest
                       dropped and counted) and report an Acquire once per queue
-    seq numbers       assigned inside sa.encapsulate: the outbound SA lives only in the
+    seq numbers       assigned inside the SA: the outbound SA lives only in the
                       outbound worker, so a sequence number is never used twice
-    encrypt           sa.encapsulate (whole outer packet, raw socket) or
-                      sa.encapsulate_esp (ESP message for the UDP 4500 socket)
+    encrypt           per SA, after classifying the batch: sa.encapsulate per packet
+                      (whole outer packet, raw socket) or sa.encapsulate_esp_batch (ESP
+                      messages for the UDP 4500 socket, :mod:`pyipsec.ipsec.sa_batch`)
     send batch        per SA: raw sends, or UDP datagrams grouped for UDP_SEGMENT (GSO)
 
 Inbound, :meth:`InboundPipeline.process_ip4` (raw IPv4 ESP/AH: whole packets) and
 :meth:`InboundPipeline.process_payloads` (IPv6 raw sockets and UDP 4500: payload plus outer
 addresses)::
 
-    SPI -> SA         dict lookup by (protocol, SPI); a miss counts bad_spi_packets
+    SPI -> SA         dict lookup by (protocol, SPI), once per run of one SPI; a miss
+                      counts bad_spi_packets
     decapsulate       replay check, ICV, decrypt, replay update, the inner packet checked
-                      against the SA's selectors (SecurityAssociation does all of it)
+                      against the SA's selectors (SecurityAssociation does all of it; ESP
+                      runs from UDP / IPv6 go through sa.decapsulate_esp_batch)
     write batch       the inner packets into the TUN device; with TUN offloads, runs of
                       one TCP flow become one GSO super-packet (receive-side GRO)
 

@@ -23,6 +23,12 @@ a 16-byte ICV and no ESN (aes*gcm16, chacha20poly1305), the common cases run inl
   sequence number: one ``struct`` call reads lengths, protocol, SPI and sequence; one
   AEAD call; trailer and padding checked by one comparison; the replay bit set inline.
 
+* bare ESP messages (the UDP 4500 path, IPv6 raw sockets), tunnel mode:
+  :meth:`SecurityAssociation.encapsulate_esp` / :meth:`SecurityAssociation.decapsulate_esp`
+  inline the same steps, and :mod:`pyipsec.ipsec.sa_batch` does them for a whole batch
+  with the limit checks once per batch (what the data plane calls). Selector answers are
+  cached per flow when the selector object has a ``generation`` (see :meth:`_selected`).
+
 Everything else (ESN, CBC/HMAC, GMAC, truncated GCM, AH, options, extension headers,
 out-of-order or replayed numbers, every error) takes the general path through
 :mod:`pyipsec.ipsec.esp` / :mod:`pyipsec.ipsec.ah`, which raises and counts the right

@@ -7,14 +7,18 @@ reader TCP "super-packets" of up to 64 KB, each after a 10-byte ``virtio_net_hdr
     le16 hdr_len   le16 gso_size   le16 csum_start   le16 csum_offset
 
 One read then replaces up to 45 reads, and the local TCP stack works per super-packet
-instead of per segment, the largest gain DESIGN.md measured. The price is ours to pay
-here: cut the payload into ``gso_size`` segments with their own IP/TCP headers, and compute
-the full TCP checksum (the kernel left only the pseudo-header sum: NEEDS_CSUM), because
-the peer decrypts a packet that must be complete. Checksums use the
-``int.from_bytes(...) % 0xFFFF`` ones'-complement sum (:mod:`pyipsec.wire.ip`).
+instead of per segment. The price is ours to pay here: cut the payload into ``gso_size``
+segments with their own IP/TCP headers, and compute the full TCP checksum (the kernel left
+only the pseudo-header sum: NEEDS_CSUM), because the peer decrypts a packet that must be
+complete. Checksums use the ``int.from_bytes(...) % 0xFFFF`` ones'-complement sum
+(:mod:`pyipsec.wire.ip`), 3.3 us per 1448-byte segment: more than the read it saves, so the
+data plane reads without TSO by default (``Tun.open(tso=False)``; bench/README.md has the
+figures) and this path serves ``pyipsec dataplane --tso``.
 
 Packets written to the TUN carry a header too; :data:`WRITE_HEADER` says "no offload,
-checksum already verified" (DATA_VALID: the packet was authenticated by ESP/AH).
+checksum already verified" (DATA_VALID: the packet was authenticated by ESP/AH), and
+:func:`coalesce_iov` merges runs of one TCP flow into GSO super-packets (the kernel accepts
+them whatever offloads the device announces for its own transmissions).
 """
 
 from __future__ import annotations
