@@ -172,3 +172,21 @@ def test_rekeying_under_load(topo) -> None:
     assert stats_a["ike_rekeys"] + stats_b["ike_rekeys"] >= 1
     now_a = {c["spi_in"] for c in a.call("status")["child_sas"]}
     assert first["spi_in"] not in now_a and now_a
+
+
+def test_forced_udp_encapsulation(topo) -> None:
+    """encap: true on one side: IKE floats to 4500 and ESP runs in UDP, no NAT needed."""
+    a, b = write_pair(topo, mode="tunnel", conn_extra={"encap": True})
+    a.start()
+    b.start()
+    assert topo.a.ping(topo.b.addr4, count=5, timeout=3), a.read_log() + b.read_log()
+    (child,) = a.wait_child()
+    assert child["encap"] is True
+    cap = topo.capture(topo.b, "eth0")
+    transfer = start_transfer(topo.b, topo.a, topo.b.addr4, 5 * 1024 * 1024, marker=MARKER)
+    sent, received = transfer.wait(timeout=120)
+    frames = cap.stop_raw()
+    assert sent == received
+    protos, marker = wire_summary(frames, topo.a.addr4, topo.b.addr4)
+    assert protos == {17} and marker is False, protos
+    assert a.call("status")["ike_sas"][0]["remote_addr"] == topo.b.addr4

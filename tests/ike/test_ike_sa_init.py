@@ -81,6 +81,24 @@ def test_no_nat_no_encap():
     assert not p.of("a", ChildSaInstalled)[0].encap_udp
 
 
+@pytest.mark.parametrize("forcing", ["a", "b"])
+def test_forced_encapsulation_without_nat(forcing):
+    """encap: yes on either side alone makes both float to 4500 and run ESP in UDP."""
+    ca = ChildConfig("c", mode="tunnel", local_ts=("10.1.0.0/16",), remote_ts=("10.2.0.0/16",))
+    cb = ChildConfig("c", mode="tunnel", local_ts=("10.2.0.0/16",), remote_ts=("10.1.0.0/16",))
+    p = Pair(
+        peer_config("to-b", B_ADDR[0], children=(ca,), force_encap=forcing == "a"),
+        peer_config("to-a", A_ADDR[0], children=(cb,), force_encap=forcing == "b"),
+    )
+    p.connect()
+    (ea,), (eb,) = p.of("a", ChildSaInstalled), p.of("b", ChildSaInstalled)
+    assert ea.encap_udp and eb.encap_udp
+    # the initiator floated to 4500 (the harness keeps source ports, so b's view of a's
+    # port says nothing here)
+    assert p.of("a", IkeSaUp)[0].remote_addr == (B_ADDR[0], 4500)
+    assert p.a.statistics().counter("nat_t_float") == 1
+
+
 def test_nat_hash_depends_on_all_inputs():
     base = nat_hash(b"i" * 8, b"r" * 8, ("192.0.2.1", 500))
     assert len(base) == 20

@@ -379,6 +379,7 @@ def _connection(
         "retransmit_base": float(section.get_converted("retransmit_base", float, 1.8)),
         "fragment_size": section.get_int("fragment_size", 1280, minimum=0, maximum=65535),
         "children": children,
+        "force_encap": section.get_bool("encap", False),
     }
     try:
         peer = PeerConfig(**kwargs)

@@ -229,7 +229,8 @@ class PeerConfig:
     (strongSwan's defaults 4 s, 1.8, 5 tries). ``dpd_delay``: liveness check after that many
     idle seconds (0 = off). ``rekey_time``/``jitter``: IKE SA rekeying, hard life
     ``over_time`` after it. ``fragment_size``: IKE fragmentation (RFC 7383) of messages
-    larger than this (0 = never fragment).
+    larger than this (0 = never fragment). ``force_encap``: pretend to be behind a NAT
+    (RFC 7296 2.23) so ESP runs in UDP 4500 even on a direct path (strongSwan's encap=yes).
     """
 
     name: str
@@ -251,6 +252,7 @@ class PeerConfig:
     fragment_size: int = 1280
     children: tuple[ChildConfig, ...] = ()
     send_initial_contact: bool = True
+    force_encap: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -419,4 +419,4 @@ class IkeEndpoint:
             sa.queue(CreateChildTask(child), now)
 
     def _force_encap(self, sa: IkeSa) -> bool:
-        return False
+        return sa.peer is not None and sa.peer.force_encap

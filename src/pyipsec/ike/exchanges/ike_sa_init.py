@@ -64,13 +64,23 @@ def _packed(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
 
+def _forced_encap(sa: IkeSa) -> bool:
+    return sa.peer is not None and sa.peer.force_encap
+
+
 def common_notifies(sa: IkeSa, spi_r: bytes, want_intermediate: bool) -> list[Any]:
     """NAT-D, fragmentation, signature hash and intermediate support notifies.
 
     Without a known own address (wildcard socket, nothing configured) no source hash is
     sent: a wrong one would make the peer believe we are behind a NAT."""
     out = []
-    if sa.local_addr[0] not in ("0.0.0.0", "::"):
+    if _forced_encap(sa):
+        # RFC 7296 2.23 lets a host pretend to be behind a NAT: a source hash that cannot
+        # match makes both sides float to port 4500 and put ESP in UDP (strongSwan's
+        # encap=yes), for paths that only let UDP through.
+        out.append(notify(NotifyType.NAT_DETECTION_SOURCE_IP, sa.endpoint._randbytes(20)))
+        sa.nat_local = True
+    elif sa.local_addr[0] not in ("0.0.0.0", "::"):
         src = nat_hash(sa.spi_i, spi_r, sa.local_addr)
         out.append(notify(NotifyType.NAT_DETECTION_SOURCE_IP, src))
     out.append(
@@ -101,7 +111,9 @@ def _peer_features(sa: IkeSa, msg: Message) -> None:
     spi_r = b"\0" * 8 if not sa.initiator else sa.spi_r
     if src:
         sa.nat_remote = nat_hash(sa.spi_i, spi_r, sa.remote_addr) not in src
-    if dst:
+    if _forced_encap(sa):
+        sa.nat_local = True
+    elif dst:
         if sa.local_addr[0] not in ("0.0.0.0", "::"):  # unknown own address: cannot tell
             sa.nat_local = nat_hash(sa.spi_i, spi_r, sa.local_addr) not in dst
 
