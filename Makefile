@@ -18,6 +18,9 @@ demo: bootstrap
 bench: bootstrap
 	$(PY) bench/esp_bench.py
 	$(PY) bench/spd_bench.py
+	$(PY) bench/ike_bench.py
+	$(PY) bench/ke_bench.py
+	$(PY) bench/tunnel_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

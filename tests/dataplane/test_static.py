@@ -81,6 +81,7 @@ def base_sa(**kw):
         ({"protocol": "ah", "algorithm": "sha256", "key": "00" * 32, "encap": "udp"}, "sa.encap"),
         ({"direction": "sideways"}, "sa.direction"),
         ({"replay_window": 100000}, "sa.replay_window"),
+        ({"replay_window": 0}, "sa.replay_window"),  # anti-replay cannot be turned off
         ({"colour": "blue"}, "sa.colour"),
         ({"lifetime": {"hard_fortnights": 1}}, "sa.lifetime"),
     ],

@@ -14,7 +14,7 @@ The file, loaded with ``pyipsec dataplane --static FILE``::
         encap: udp             # optional: ESP in UDP 4500 (RFC 3948)
         child: ab              # PROTECT policies with this child use this SA
         direction: out         # optional: inferred (src local -> out, dst local -> in)
-        replay_window: 64      # optional, 0 disables (inbound only)
+        replay_window: 64      # optional, 32..4096 packets (anti-replay is always on)
         esn: false             # optional
     policies:
       - name: ab
@@ -293,7 +293,7 @@ def parse_sa(
         direction=direction, child=str(child), key=_key_bytes(src), encap=encap,
         encap_sport=_int(src, "encap_sport", 4500, 1, 65535),
         encap_dport=_int(src, "encap_dport", 4500, 1, 65535),
-        replay_window=_int(src, "replay_window", 64, 0, 4096),
+        replay_window=_int(src, "replay_window", 64, 32, 4096),
         esn=bool(src.get("esn", False)), lifetime=lifetime,
         name=str(src.get("name", "") or f"{child}-{direction}-{spi:#x}"),
     )  # fmt: skip
