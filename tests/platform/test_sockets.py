@@ -17,8 +17,9 @@ class FakeSock:
         self.calls.append(("sendto", [len(data)], 0))
 
     def sendmsg(self, bufs, anc, flags, addr):
+        # one iovec per datagram: record the bytes the call gathers
         seg = int.from_bytes(anc[0][2], "little")
-        self.calls.append(("sendmsg", [len(b) for b in bufs], seg))
+        self.calls.append(("sendmsg", [sum(len(b) for b in bufs)], seg))
 
 
 def test_send_gso_groups_equal_sizes_with_shorter_last():
