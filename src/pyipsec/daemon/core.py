@@ -22,13 +22,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pyipsec.daemon.config import DaemonConfig
 from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow, status_report
 from pyipsec.errors import ConfigError, PyipsecError
-from pyipsec.ike.config import PeerConfig
 from pyipsec.ike.endpoint import IkeEndpoint
 from pyipsec.ike.events import (
     AuthenticationFailed,
@@ -84,7 +83,6 @@ class _Pending:
     peer: str
     child: str
     since: float
-    handles: set[int] = field(default_factory=set)
 
 
 class Daemon:
@@ -117,7 +115,6 @@ class Daemon:
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._pending: dict[tuple[str, str], _Pending] = {}
-        self._handles_by_peer: dict[str, set[int]] = {}
         self.closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -214,8 +211,7 @@ class Daemon:
             return
         if child is not None and any(
             row.name == child.name
-            and self.ike_sas.get(row.ike_sa, None) is not None
-            and self.ike_sas[row.ike_sa].name == peer.name
+            and getattr(self.ike_sas.get(row.ike_sa), "name", None) == peer.name
             for row in self.child_sas.values()
         ):
             return
@@ -223,8 +219,7 @@ class Daemon:
         if established and child is not None:
             self.endpoint.create_child(established[0], child, now)
         else:
-            handle = self.endpoint.initiate(peer, child, now)
-            self._handles_by_peer.setdefault(peer.name, set()).add(_handle_id(handle))
+            self.endpoint.initiate(peer, child, now)
         self._pending[key] = _Pending(peer.name, key[1], now)
 
     # ------------------------------------------------------------------ the pump
@@ -541,7 +536,7 @@ class Daemon:
         """
         old_peers = {p.name: p for p in self.config.endpoint.peers}
         new_peers = {p.name: p for p in new.endpoint.peers}
-        kept = [n for n in new_peers if n in old_peers and _same(old_peers[n], new_peers[n])]
+        kept = [n for n in new_peers if n in old_peers and old_peers[n] == new_peers[n]]
         changed = [n for n in new_peers if n in old_peers and n not in kept]
         removed = [n for n in old_peers if n not in new_peers]
         added = [n for n in new_peers if n not in old_peers]
@@ -567,14 +562,6 @@ class Daemon:
             removed,
         )
         return {"kept": kept, "changed": changed, "added": added, "removed": removed}
-
-
-def _same(a: PeerConfig, b: PeerConfig) -> bool:
-    return a == b
-
-
-def _handle_id(handle: Any) -> int:
-    return handle if isinstance(handle, int) else getattr(handle, "id", id(handle))
 
 
 _EVENT_HANDLERS: dict[type, Callable[[Daemon, Any, float], None]] = {

@@ -144,7 +144,6 @@ class LinuxDataplane:
         #: rekey successors whose outbound SA waits: new inbound SPI -> (old outbound SPI, SA)
         self._waiting: dict[int, tuple[int, Any]] = {}
         self._failed: asyncio.Future[None] = loop.create_future()
-        self.events_seen = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,7 +174,6 @@ class LinuxDataplane:
         try:
             while conn.poll():
                 event = conn.recv()
-                self.events_seen += 1
                 self._dispatch(event)
         except (EOFError, OSError):
             self.loop.remove_reader(conn.fileno())

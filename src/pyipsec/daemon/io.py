@@ -15,10 +15,11 @@ import logging
 import socket
 from collections.abc import Callable
 
+from pyipsec.wire.esp import NON_ESP_MARKER
+
 log = logging.getLogger("pyipsec.daemon.io")
 
 SO_MARK = 36
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
 
 Receiver = Callable[[bytes, tuple[str, int], tuple[str, int]], None]
 

@@ -36,6 +36,7 @@ from pyipsec.dataplane.pipeline import InboundPipeline, OutboundPipeline
 from pyipsec.ipsec.spd import Spd
 from pyipsec.platform.linux import sockets as sk
 from pyipsec.platform.linux.tun import Tun
+from pyipsec.wire.esp import NON_ESP_MARKER
 
 log = logging.getLogger("pyipsec.dataplane")
 
@@ -334,7 +335,7 @@ def _split_ike(items: list[tuple[bytes, bytes, bytes]], events: Any) -> list[Any
     rest = []
     for item in items:
         data = item[0]
-        if len(data) > 4 and data[:4] == b"\0\0\0\0":
+        if len(data) > 4 and data[:4] == NON_ESP_MARKER:
             family = socket.AF_INET6 if len(item[1]) == 16 else socket.AF_INET
             src = socket.inet_ntop(family, item[1])
             dst = socket.inet_ntop(family, item[2])

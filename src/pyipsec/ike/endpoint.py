@@ -32,10 +32,9 @@ from pyipsec.ike.cookies import CookieJar
 from pyipsec.ike.events import IkeEvent
 from pyipsec.ike.ike_sa import IkeSa, IkeSaStatistics
 from pyipsec.ike.state import ChildState, IkeState
+from pyipsec.wire.esp import NON_ESP_MARKER
 from pyipsec.wire.iana import ExchangeType, NotifyType
 from pyipsec.wire.ike import pull_header, pull_message
-
-NON_ESP_MARKER = b"\0\0\0\0"
 
 
 def _specified(ip: str) -> bool:
