@@ -123,6 +123,9 @@ def _sa_dict(event: ChildSaInstalled, direction: str) -> dict[str, Any]:
     }
     if event.encap_udp:
         data["encap"] = "udp"
+        # the peer's IKE port: behind a NAT it is rarely 4500 (RFC 3948 section 2.1)
+        remote_port = getattr(event, "remote_port", 4500) or 4500
+        data["encap_sport" if inbound else "encap_dport"] = remote_port
     lifetime: dict[str, Any] = {"hard_seconds": event.life_time + 60}
     if event.rekey_bytes:
         lifetime["soft_bytes"] = event.rekey_bytes
