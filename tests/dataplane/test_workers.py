@@ -125,6 +125,72 @@ def test_acquire_and_ike_events_reach_the_daemon_pipe():
     w.pipe.process([hdr + udp], 0.0)  # no SA yet: held, acquire reported
     assert events.events == [("acquire", "ab", "ab", "10.99.1.1", "10.99.1.2")]
     ike = b"\0\0\0\0" + b"IKE message"
-    rest = _split_ike([(ike, dst, src), (b"\0\0\x10\x01esp...", dst, src)], events)
-    assert rest == [(b"\0\0\x10\x01esp...", dst, src)]
+    esp = b"\0\0\x10\x01esp..."
+    rest = _split_ike([(ike, dst, src), (esp, dst, src)], [4500, 4500], 4500, events)
+    assert rest == [(esp, dst, src)]
     assert events.events[-1] == ("ike", ike, ("10.99.1.2", 4500), ("10.99.1.1", 4500))
+
+
+def test_split_ike_reports_the_real_source_port():
+    """IKE behind a NAT arrives from the NAT's port, not 4500: the event says so, so the
+    IKE SA answers there (RFC 7296 2.23); ESP and keepalives stay in the batch, in order."""
+    import ipaddress
+
+    from pyipsec.dataplane.workers import _split_ike
+
+    events = EventSink()
+    nat = ipaddress.IPv4Address("192.0.2.9").packed
+    me = ipaddress.IPv4Address("192.0.2.2").packed
+    v6a = ipaddress.IPv6Address("2001:db8::9").packed
+    v6b = ipaddress.IPv6Address("2001:db8::2").packed
+    esp1, esp2 = b"\0\0\x10\x01" + b"a" * 20, b"\0\0\x10\x01" + b"b" * 20
+    items = [(esp1, nat, me), (b"\0\0\0\0ike-1", nat, me), (b"\xff", nat, me),
+             (b"\0\0\0\0ike-2", v6a, v6b), (esp2, nat, me)]  # fmt: skip
+    rest = _split_ike(items, [31000, 31001, 31000, 40000, 31000], 4500, events)
+    assert rest == [items[0], items[2], items[4]]
+    assert events.events == [
+        ("ike", b"\0\0\0\0ike-1", ("192.0.2.9", 31001), ("192.0.2.2", 4500)),
+        ("ike", b"\0\0\0\0ike-2", ("2001:db8::9", 40000), ("2001:db8::2", 4500)),
+    ]
+    # a batch without IKE is handed on as it is (no copy on the hot path)
+    plain = [(esp1, nat, me), (esp2, nat, me)]
+    assert _split_ike(plain, [31000, 31000], 4500, events) is plain
+    assert len(events.events) == 2
+
+
+def test_inbound_udp_handler_forwards_ike_with_its_port():
+    """The inbound worker's UDP drain over a real socket: IKE goes to the events pipe with
+    the sender's port and the socket's bound port; ESP goes on to the pipeline."""
+    import select
+    import socket
+
+    from pyipsec.platform.linux import sockets as sk
+
+    events = EventSink()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.IPPROTO_IP, sk.IP_PKTINFO, 1)
+        tx.bind(("127.0.0.1", 0))
+        w = InboundWorker(FakeConn([]), FakeTun(), [("udp", rx)], events)
+        drain = w._handler("udp", rx)
+        tx.sendto(b"\0\0\0\0" + b"IKE", rx.getsockname())
+        tx.sendto(b"\0\0\x10\x01" + bytes(40), rx.getsockname())
+        got = False
+        for _ in range(50):
+            select.select([rx], [], [], 0.1)
+            got = drain() or got
+            if w.pipe.statistics().packets_received and events.events:
+                break
+        assert got
+        assert events.events == [
+            ("ike", b"\0\0\0\0IKE", ("127.0.0.1", tx.getsockname()[1]),
+             ("127.0.0.1", rx.getsockname()[1])),
+        ]  # fmt: skip
+        st = w.pipe.statistics()
+        assert st.packets_received == 1 and dict(st.errors) == {"bad_spi_packets": 1}
+        assert drain() is False
+    finally:
+        rx.close()
+        tx.close()

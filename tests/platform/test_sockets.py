@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 
 import pytest
@@ -59,6 +60,7 @@ def test_gso_to_gro_over_loopback(family, addr):
         dgrams = [bytes([i]) * 1000 for i in range(20)] + [b"end" * 10]
         sk.send_gso(tx, dgrams, (addr, port))
         got: list[tuple[bytes, str, str]] = []
+        ports: list[int] = []
         rx.settimeout(2)
         while len(got) < len(dgrams):
             rx.setblocking(True)
@@ -67,9 +69,13 @@ def test_gso_to_gro_over_loopback(family, addr):
             data = first[0]
             step = seg or len(data)
             src = socket.inet_pton(family, first[3][0])
-            got += [(data[o : o + step], src, dst) for o in range(0, len(data), step)]
-            got += sk.recv_with_addrs(rx, 64)
+            first_items = [(data[o : o + step], src, dst) for o in range(0, len(data), step)]
+            got += first_items
+            ports += [first[3][1]] * len(first_items)
+            got += sk.recv_with_addrs(rx, 64, ports)
         assert [g[0] for g in got] == dgrams
+        # one source port per item, index for index (GRO segments included)
+        assert ports == [tx.getsockname()[1]] * len(dgrams)
         packed = socket.inet_pton(family, addr)
         assert {g[2] for g in got} == {packed} and {g[1] for g in got} == {packed}
     finally:
@@ -86,3 +92,33 @@ def test_recv_raw4_and_pktinfo_parsing_without_data():
     finally:
         s.close()
     assert sk._pktinfo_dst([], socket.AF_INET) == (None, 0)
+
+
+@pytest.mark.parametrize("family,addr", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_recv_with_addrs_keeps_each_source_port(family, addr):
+    """Datagrams from several source ports (a NAT maps each peer's 4500 elsewhere): every
+    item's port is the one it came from, in order, and the items stay triples."""
+    rx = socket.socket(family, socket.SOCK_DGRAM)
+    txs = [socket.socket(family, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        rx.bind((addr, 0))
+        port = rx.getsockname()[1]
+        sent = []
+        for rnd in range(2):
+            for i, tx in enumerate(txs):
+                tx.sendto(bytes([rnd, i]) * 50, (addr, port))
+                sent.append((bytes([rnd, i]) * 50, tx.getsockname()[1]))
+        got: list[tuple[bytes, bytes, bytes]] = []
+        ports: list[int] = []
+        for _ in range(50):
+            select.select([rx], [], [], 0.1)
+            got += sk.recv_with_addrs(rx, 64, ports)
+            if len(got) >= len(sent):
+                break
+        assert sorted(zip([g[0] for g in got], ports)) == sorted(sent)
+        assert all(len(g) == 3 for g in got) and len(ports) == len(got)
+        assert sk.recv_with_addrs(rx, 8, ports) == [] and len(ports) == len(got)
+    finally:
+        rx.close()
+        for tx in txs:
+            tx.close()

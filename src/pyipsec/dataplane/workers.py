@@ -36,7 +36,7 @@ from pyipsec.dataplane.pipeline import InboundPipeline, OutboundPipeline
 from pyipsec.ipsec.spd import Spd
 from pyipsec.platform.linux import sockets as sk
 from pyipsec.platform.linux.tun import Tun
-from pyipsec.wire.esp import NON_ESP_MARKER
+from pyipsec.wire.esp import NATT_PORT, NON_ESP_MARKER
 
 log = logging.getLogger("pyipsec.dataplane")
 
@@ -290,12 +290,23 @@ class InboundWorker(_Worker):
         recv = sk.recv_with_addrs
 
         events = self.events
-        forward_ike = udp and events is not None
+        if udp and events is not None:
+            local_port = _bound_port(sock)
+
+            def drain_udp() -> bool:
+                ports: list[int] = []
+                items = recv(sock, BATCH, ports)
+                if not items:
+                    return False
+                rest = _split_ike(items, ports, local_port, events)
+                if rest:
+                    pipe.process_payloads(rest, proto, clock(), udp=True)
+                return True
+
+            return drain_udp
 
         def drain() -> bool:
             items = recv(sock, BATCH)
-            if forward_ike and items:
-                items = _split_ike(items, events)
             if items:
                 pipe.process_payloads(items, proto, clock(), udp=udp)
             return bool(items)
@@ -326,23 +337,38 @@ class InboundWorker(_Worker):
                 _report_events(self.events, self.pipe.tick(now))
 
 
-def _split_ike(items: list[tuple[bytes, bytes, bytes]], events: Any) -> list[Any]:
+def _bound_port(sock: Any) -> int:
+    """The local port ``sock`` is bound to (4500 for the NAT-T socket; 4500 if unknown)."""
+    try:
+        return int(sock.getsockname()[1]) or NATT_PORT
+    except (OSError, AttributeError, IndexError, TypeError):
+        return NATT_PORT
+
+
+def _split_ike(
+    items: list[tuple[bytes, bytes, bytes]], ports: list[int], local_port: int, events: Any
+) -> list[tuple[bytes, bytes, bytes]]:
     """Forward IKE messages (non-ESP marker, RFC 3948 2.2) to the daemon; keep the rest.
 
-    The remote port is taken as 4500 (the data plane's receive path does not keep UDP
-    ports; peers behind a NAT that maps port 4500 elsewhere are not supported yet).
+    ``ports[i]`` is the UDP source port of ``items[i]``: the event carries the peer's
+    real (address, port), which is its NAT's mapping of port 4500 when it sits behind a
+    NAT, so the IKE SA answers and sends ESP-in-UDP there (RFC 7296 2.23). A batch
+    without IKE (the hot case) is returned as it is, without copying.
     """
-    rest = []
-    for item in items:
+    rest: list[tuple[bytes, bytes, bytes]] | None = None
+    marker = NON_ESP_MARKER
+    for i, item in enumerate(items):
         data = item[0]
-        if len(data) > 4 and data[:4] == NON_ESP_MARKER:
+        if data[:4] == marker and len(data) > 4:
+            if rest is None:
+                rest = items[:i]
             family = socket.AF_INET6 if len(item[1]) == 16 else socket.AF_INET
             src = socket.inet_ntop(family, item[1])
             dst = socket.inet_ntop(family, item[2])
-            _send_event(events, ("ike", data, (src, 4500), (dst, 4500)))
-        else:
+            _send_event(events, ("ike", data, (src, ports[i]), (dst, local_port)))
+        elif rest is not None:
             rest.append(item)
-    return rest
+    return items if rest is None else rest
 
 
 def outbound_main(

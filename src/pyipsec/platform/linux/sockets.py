@@ -112,11 +112,18 @@ def recv_raw4(sock: socket.socket, limit: int) -> list[bytes]:
     return out
 
 
-def recv_with_addrs(sock: socket.socket, limit: int) -> list[tuple[bytes, bytes, bytes]]:
+def recv_with_addrs(
+    sock: socket.socket, limit: int, ports: list[int] | None = None
+) -> list[tuple[bytes, bytes, bytes]]:
     """Up to ``limit`` (payload, src, dst) from an IPv6 raw socket or a UDP socket;
     addresses are packed (4 or 16 bytes), as the SA takes them without parsing.
 
-    UDP_GRO super-datagrams are split into their segments here.
+    UDP_GRO super-datagrams are split into their segments here. With ``ports`` (a list,
+    UDP sockets), the source port of each item is appended to it, index for index: a peer
+    behind a NAT sends from whatever port its NAT mapped 4500 to, and IKE replies and
+    ESP-in-UDP must go back there (RFC 7296 2.23, RFC 3948 2.1). The items stay triples
+    (what the SA batch code unpacks); the ports cost one list append per system call
+    (all segments of a GRO super-datagram come from one source port).
     """
     out: list[tuple[bytes, bytes, bytes]] = []
     recvmsg = sock.recvmsg
@@ -133,10 +140,15 @@ def recv_with_addrs(sock: socket.socket, limit: int) -> list[tuple[bytes, bytes,
         if dst is None:
             dst = bytes(16 if family == _AF_INET6 else 4)
         if seg and len(data) > seg:
+            n = len(out)
             for off in range(0, len(data), seg):
                 out.append((data[off : off + seg], src, dst))
+            if ports is not None:
+                ports += [addr[1]] * (len(out) - n)
         else:
             out.append((data, src, dst))
+            if ports is not None:
+                ports.append(addr[1])
     return out
 
 
