@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from ike.harness import Network, Pair
+from ike.harness import Network, Pair, peer_config
 from pyipsec.ike.config import ChildConfig
 from pyipsec.ike.events import (
     ChildSaDeleted,
@@ -241,3 +241,36 @@ def test_refused_rekey_is_retried_later_not_at_once():
     assert 1 <= len(refused) <= 3, len(refused)
     assert all(e.notify == NotifyType.NO_PROPOSAL_CHOSEN for e in refused)
     assert len(live(p, "a")) == 1 and p.a.child_sas(1)[0].state == "installed"
+
+
+def test_child_sa_carries_the_nat_mapped_ike_ports():
+    """Behind a NAT that maps port 4500 elsewhere, the responder's ChildSaInstalled names
+    the mapped port (ESP-in-UDP must go there, RFC 3948 2.1), and a Child SA made after
+    the mapping changed names the new port (RFC 7296 2.23)."""
+    ca = ChildConfig("c", mode="tunnel", local_ts=("10.1.0.0/16",), remote_ts=("10.2.0.0/16",))
+    cb = ChildConfig("c", mode="tunnel", local_ts=("10.2.0.0/16",), remote_ts=("10.1.0.0/16",))
+    p = Pair(
+        peer_config("to-b", "192.0.2.2", children=(ca,)),
+        peer_config("to-a", "%any", children=(cb,)),
+    )
+    p.a_public = ("198.51.100.7", 31000)
+    h = p.connect()
+    (ea,), (eb,) = p.of("a", ChildSaInstalled), p.of("b", ChildSaInstalled)
+    assert ea.encap_udp and eb.encap_udp
+    assert (eb.remote_addr, eb.remote_port, eb.local_port) == ("198.51.100.7", 31000, 4500)
+    # (a's local port is not checked: the harness's NAT does not translate destinations back)
+    assert (ea.remote_addr, ea.remote_port) == ("192.0.2.2", 4500)
+    p.a_public = ("198.51.100.7", 31077)  # the NAT's mapping changed
+    p.a.rekey_child(h, "c", p.now)
+    p.advance(10)
+    installed = p.of("b", ChildSaInstalled)
+    assert len(installed) == 2 and installed[1].rekeyed_from == eb.outbound_spi
+    assert installed[1].remote_port == 31077
+    assert p.a.statistics().child_sas == 1
+
+
+def test_child_sa_without_nat_names_ike_port_500():
+    p = Pair()
+    p.connect()
+    (ev,) = p.of("b", ChildSaInstalled)
+    assert not ev.encap_udp and (ev.remote_port, ev.local_port) == (500, 500)

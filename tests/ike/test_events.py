@@ -33,3 +33,11 @@ def test_events_frozen_and_keys_hidden():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ev.child = "x"
     assert IkeSaDown(1, "p", "dead peer").reason == "dead peer"
+    # the IKE ports come last, with the NAT-T port as default (older callers stay valid)
+    assert (ev.remote_port, ev.local_port) == (4500, 4500)
+    moved = dataclasses.replace(ev, remote_port=31000)
+    assert moved.remote_port == 31000 and moved.inbound_spi == ev.inbound_spi
+    assert [f.name for f in dataclasses.fields(ChildSaInstalled)][-2:] == [
+        "remote_port",
+        "local_port",
+    ]

@@ -15,6 +15,7 @@ from pyipsec.ike.events import ChildSaInstalled
 from pyipsec.ike.proposals import Chosen, child_key_sizes, esp_algorithm_keyword
 from pyipsec.ike.state import ChildState, child_transition
 from pyipsec.ike.ts import TsRange
+from pyipsec.wire.esp import NATT_PORT
 from pyipsec.wire.iana import ProtocolId
 
 
@@ -85,6 +86,8 @@ class ChildSa:
         local_addr: str,
         remote_addr: str,
         rekeyed_from: int | None = None,
+        remote_port: int = NATT_PORT,
+        local_port: int = NATT_PORT,
     ) -> ChildSaInstalled:
         return ChildSaInstalled(
             ike_sa=handle,
@@ -107,6 +110,8 @@ class ChildSa:
             local_addr=local_addr,
             remote_addr=remote_addr,
             rekeyed_from=rekeyed_from,
+            remote_port=remote_port,
+            local_port=local_port,
         )
 
     def statistics(self) -> ChildSaStatistics:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyipsec.ike.ts import TsRange
+from pyipsec.wire.esp import NATT_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,10 @@ class ChildSaInstalled(IkeEvent):
     rekey_bytes/rekey_packets: soft volume limits (0 = none). encap_udp: NAT detected,
     ESP in UDP 4500. local_addr/remote_addr: the IKE SA's IP addresses (tunnel endpoints).
     rekeyed_from: outbound SPI of the SA this one replaces (None for a new Child SA).
+    remote_port/local_port: the IKE SA's current UDP ports when the Child SA was installed.
+    With ``encap_udp`` the outbound ESP-in-UDP goes to ``remote_port`` (from
+    ``local_port``): behind a NAT the peer's port 4500 is mapped elsewhere, and ESP must
+    follow its IKE there (RFC 3948 2.1, RFC 7296 2.23). Defaults: 4500, the NAT-T port.
     """
 
     ike_sa: int
@@ -109,6 +114,8 @@ class ChildSaInstalled(IkeEvent):
     local_addr: str
     remote_addr: str
     rekeyed_from: int | None = None
+    remote_port: int = NATT_PORT
+    local_port: int = NATT_PORT
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,8 @@ def _install(
             local_addr=_own_address(sa, tsl),
             remote_addr=sa.remote_addr[0],
             rekeyed_from=rekey_of.outbound_spi if rekey_of else None,
+            remote_port=sa.remote_addr[1],  # the NAT's mapping of the peer's 4500
+            local_port=sa.local_addr[1],
         )
     )
     if rekey_of is not None:
