@@ -15,6 +15,7 @@ class FakeDataplane:
         self.removed: list[ChildSaDeleted] = []
         self.policies: list[DaemonConfig] = []
         self.activated: list[int] = []
+        self.bypasses: set[tuple[str, str]] = set()  #: (conn/child, host) in clear
 
     def install(self, child: ChildSaInstalled) -> None:
         self.installed[child.inbound_spi] = child
@@ -28,6 +29,12 @@ class FakeDataplane:
 
     def set_policies(self, config: DaemonConfig) -> None:
         self.policies.append(config)
+
+    def add_bypass(self, child: str, remote: str) -> None:
+        self.bypasses.add((child, remote))
+
+    def remove_bypass(self, child: str, remote: str) -> None:
+        self.bypasses.discard((child, remote))
 
     def sa_statistics(self) -> dict[int, dict[str, int]]:
         return {spi: {"bytes_in": 100, "packets_in": 1} for spi in self.installed}

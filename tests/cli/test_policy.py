@@ -35,10 +35,9 @@ def test_check() -> None:
     assert "1 SPD entries, 1 connection(s)" in result.output
     third = _run("check", WEB, "--me", "10.77.0.3")
     assert "not applicable: Web - DB" in third.output
-    refused = _run("check", SECURE, "--me", A)
-    assert refused.exit_code != 0 and "not supported yet" in str(refused.exception)
-    assumed = _run("check", SECURE, "--me", A, "--assume", "opportunistic", "--assume", "spd")
-    assert assumed.exit_code == 0, assumed.output
+    secure = _run("check", SECURE, "--me", A)
+    assert secure.exit_code == 0, secure.output
+    assert "OK: policy 'Secure Server (Require Security)'" in secure.output
 
 
 def test_check_bad_file_names_line_and_key(tmp_path: os.PathLike[str]) -> None:
@@ -118,14 +117,13 @@ def test_dns_names_go_through_the_system_resolver(
     assert f"web-db-{B}" in json.loads(result.output)["daemon"]["connections"]
 
 
-def test_explain_policies_the_daemon_cannot_apply_yet() -> None:
+def test_explain_secure_server_with_any_host() -> None:
     args = ["explain", SECURE, "--me", A, "--cert", "/c.pem", "--key", "/k.pem", "--src", A]
-    args += ["--dst", "192.0.2.1", "--proto", "icmp"]
-    result = _run(*args)
-    assert result.exit_code == 0, result.output
-    assert "passes in clear" in result.output and "All ICMP Traffic" in result.output
-    assert "today's daemon lacks: opportunistic\n" in result.output
-    data = json.loads(_run(*args, "--json").output)
-    assert data["daemon_cannot_yet"] == ["opportunistic"]
-    strict = _run(*args, "--assume", "spd")
-    assert strict.exit_code != 0 and "not supported yet" in str(strict.exception)
+    icmp = _run(*args, "--dst", "192.0.2.1", "--proto", "icmp")
+    assert icmp.exit_code == 0, icmp.output
+    assert "passes in clear" in icmp.output and "All ICMP Traffic" in icmp.output
+    assert "lacks" not in icmp.output  # today's daemon negotiates with any host
+    tcp = json.loads(_run(*args, "--dst", "192.0.2.1", "--proto", "tcp", "--json").output)
+    assert tcp["daemon_cannot_yet"] == []
+    older = _run(*args, "--dst", "192.0.2.1", "--proto", "tcp", "--assume", "spd")
+    assert older.exit_code == 0 and "lacks" not in older.output

@@ -267,3 +267,21 @@ def test_compiled_part_merges_and_refuses_name_clashes(confdir) -> None:
             write(confdir, BASE), compiled=CompiledPart(conns, part.secrets, bad, "policy 'P' v2")
         )
     assert "not a <connection>/<child>" in str(info.value)
+
+
+def test_fallback_needs_a_trap_child(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text('psk:\n  any: "shared secret key"\n')
+    os.chmod(secrets, 0o600)
+    path.write_text(
+        "secrets: secrets.yaml\nconnections:\n  any:\n    remote_addrs: ['%any']\n"
+        "    children:\n      all: {start_action: none, unsecured_fallback: 3s}\n"
+    )
+    with pytest.raises(ConfigError, match="start_action: trap") as info:
+        load_config(str(path))
+    assert info.value.line == 6 and info.value.key.endswith("all.unsecured_fallback")
+    path.write_text(path.read_text().replace("start_action: none, unsecured_fallback: 3s",
+                                             "unsecured_fallback: 10m"))  # fmt: skip
+    with pytest.raises(ConfigError, match="between 0 and 5 minutes"):
+        load_config(str(path))

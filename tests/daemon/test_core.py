@@ -251,3 +251,111 @@ def test_nat_keepalives_go_to_peers_whose_child_sas_run_in_udp(pair) -> None:
     a._keepalive()
     assert net.keepalives == [(A, (B, 4500))]
     assert a.statistics()["nat_keepalives_sent"] == 1
+
+
+# ------------------------------------------------------------ connections toward any host
+
+S, C, N = "10.1.0.10", "10.1.0.20", "10.1.0.30"
+
+
+def _any_host(tmp_path, me: str, *, initiate: bool, fallback: float | None = None):
+    """A connection for %any: a server's "All IP Traffic" rule (trap, selectors me <->
+    any) or a client's default response rule (never initiates, dynamic selectors)."""
+    directory = tmp_path / f"any-{me}"
+    directory.mkdir()
+    secrets = directory / "secrets.yaml"
+    secrets.write_text('psk:\n  any: "shared secret key"\n')
+    os.chmod(secrets, 0o600)
+    if initiate:
+        child = f'local_ts: ["{me}"], remote_ts: ["0.0.0.0/0"], start_action: trap'
+        if fallback is not None:
+            child += f", unsecured_fallback: {fallback}"
+    else:
+        child = "start_action: none"
+    path = directory / "pyipsec.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        secrets: secrets.yaml
+        connections:
+          any:
+            local_addrs: [{me}]
+            remote_addrs: ["%any"]
+            local: {{auth: psk, id: {me}}}
+            remote: {{auth: psk}}
+            dpd_delay: 0
+            retransmit_timeout: 0.2
+            retransmit_tries: 2
+            children:
+              all: {{{child}}}
+        """)
+    )
+    return load_config(str(path))
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+    made: list[Daemon] = []
+
+    def make(me: str, **kw) -> Daemon:
+        daemon = Daemon(
+            _any_host(tmp_path, me, **kw), net.port(me), FakeDataplane(),
+            clock=loop.time, loop=loop,
+        )  # fmt: skip
+        net.hosts[me] = daemon.datagram
+        daemon.start()
+        made.append(daemon)
+        return daemon
+
+    yield loop, make
+    for daemon in made:
+        daemon.close()
+    loop.close()
+
+
+def test_opportunistic_negotiates_with_the_acquired_host(hosts) -> None:
+    loop, make = hosts
+    s = make(S, initiate=True)
+    c = make(C, initiate=False)
+    n = make(N, initiate=False)
+    s.acquire(S, C, "any/all")
+    s.acquire(S, C, "any/all")  # held packets of one host start one negotiation
+    s.acquire(S, N, "any/all")  # another host: its own IKE SA
+    assert run_until(loop, lambda: len(s.child_sas) == 2 and c.child_sas and n.child_sas)
+    assert sorted(r.remote_addr for r in s.ike_sas.values()) == [C, N]
+    for peer, row in ((C, c), (N, n)):
+        (child,) = row.child_sas.values()
+        assert child.local_ts == [peer] and child.remote_ts == [S]  # narrowed to hosts
+    assert sorted(tuple(r.remote_ts) for r in s.child_sas.values()) == [(C,), (N,)]
+    assert not s.dataplane.bypasses and s.statistics()["unsecured_fallbacks"] == 0
+    s.acquire(S, C, "any/all")  # a later acquire for a protected host changes nothing
+    run_until(loop, lambda: False, timeout=0.2)
+    assert len(s.ike_sas) == 2 and len(s.child_sas) == 2
+
+
+def test_unsecured_fallback_then_protection_once_the_host_answers(hosts) -> None:
+    loop, make = hosts
+    s = make(S, initiate=True, fallback=0.3)
+    s.fallbacks.retry = 0.5  # the background retry comes quickly here
+    s.acquire(S, N, "any/all")  # nobody at N answers IKE
+    assert run_until(loop, lambda: s.dataplane.bypasses)
+    assert s.dataplane.bypasses == {("any/all", N)}
+    assert s.statistics()["unsecured_fallbacks"] == 1
+    assert s.statistics()["active_fallbacks"] == 1
+    (row,) = s.status()["fallbacks"]
+    assert row["remote"] == N and row["connection"] == "any" and row["for"] >= 0
+    assert not s.child_sas
+    make(N, initiate=False)  # N installs IPsec: the background negotiation succeeds
+    assert run_until(loop, lambda: s.child_sas and not s.dataplane.bypasses, timeout=8)
+    assert s.status()["fallbacks"] == [] and s.statistics()["unsecured_fallbacks"] == 1
+
+
+def test_no_fallback_when_the_host_answers_in_time(hosts) -> None:
+    loop, make = hosts
+    s = make(S, initiate=True, fallback=0.5)
+    make(C, initiate=False)
+    s.acquire(S, C, "any/all")
+    assert run_until(loop, lambda: s.child_sas)
+    run_until(loop, lambda: False, timeout=0.7)
+    assert not s.dataplane.bypasses and s.statistics()["unsecured_fallbacks"] == 0

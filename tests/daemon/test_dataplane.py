@@ -110,19 +110,20 @@ class _FakeService:
         self.state.policies = list(policies)
 
 
-def _child_event(inbound: int, outbound: int, rekeyed_from: int | None = None):
+def _child_event(inbound: int, outbound: int, rekeyed_from: int | None = None,
+                 child: str = "db", remote: str = "10.1.0.2"):  # fmt: skip
     import ipaddress
 
     from pyipsec.ike.events import ChildSaInstalled
     from pyipsec.ike.ts import TsRange
 
-    a, b = ipaddress.ip_address("10.1.0.1"), ipaddress.ip_address("10.1.0.2")
+    a, b = ipaddress.ip_address("10.1.0.1"), ipaddress.ip_address(remote)
     return ChildSaInstalled(
-        ike_sa=1, child="db", protocol="esp", mode="transport", inbound_spi=inbound,
+        ike_sa=1, child=child, protocol="esp", mode="transport", inbound_spi=inbound,
         outbound_spi=outbound, algorithm="aes128gcm16", inbound_key=bytes(20),
         outbound_key=bytes(range(20)), esn=False, local_ts=(TsRange(a, a),),
         remote_ts=(TsRange(b, b),), rekey_time=60, life_time=66, rekey_bytes=0,
-        rekey_packets=0, encap_udp=False, local_addr="10.1.0.1", remote_addr="10.1.0.2",
+        rekey_packets=0, encap_udp=False, local_addr="10.1.0.1", remote_addr=remote,
         rekeyed_from=rekeyed_from,
     )  # fmt: skip
 
@@ -135,6 +136,7 @@ def _plane(tmp_path) -> tuple[LinuxDataplane, _FakeService]:
     plane.service = service
     plane._children = {}
     plane._waiting = {}
+    plane._dynamic = {}
     return plane, service
 
 
@@ -164,3 +166,85 @@ def test_removing_the_old_sa_activates_a_waiting_successor(tmp_path) -> None:
     plane.remove(ChildSaDeleted(1, "db", "esp", 0x1001, 0x2001, "rekeyed"))
     assert service.calls[0] == ("outbound", "add", 0x2002)  # before the old one goes
     assert ("outbound", "del", 0x2001) in service.calls
+
+
+ANY_HOST = """\
+  any:
+    local_addrs: [10.1.0.1]
+    remote_addrs: ["%any"]
+    local: {auth: psk, id: 10.1.0.1}
+    remote: {auth: psk}
+    children:
+      all: {local_ts: [10.1.0.1], remote_ts: [0.0.0.0/0], unsecured_fallback: 3s}
+spd:
+  - {name: icmp, local: 10.1.0.1, remote: any, protocol: icmp, action: bypass, priority: 0}
+  - {name: ip-out, local: 10.1.0.1, remote: any, action: protect, child: any/all,
+     priority: 1, direction: out}
+  - {name: ip-in, local: 10.1.0.1, remote: any, action: bypass, priority: 1, direction: in}
+"""
+
+
+def test_hosts_of_an_any_connection_get_their_own_child_and_entries(tmp_path) -> None:
+    from pyipsec.dataplane.service import ordered_entries
+    from pyipsec.ike.events import ChildSaDeleted
+
+    plane, service = _plane(tmp_path)
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text(secrets.read_text() + '  any: "yet another secret"\n')
+    path = tmp_path / "pyipsec.yaml"
+    path.write_text(CONFIG + ANY_HOST)
+    plane.set_policies(load_config(str(path)))
+
+    def names() -> list[str]:
+        return [e.name for e in ordered_entries(service.state.policies)]
+
+    assert names()[:3] == ["icmp", "ip-out", "ip-in"]
+    plane.install(_child_event(0x1001, 0x2001, child="all", remote="10.1.0.9"))
+    plane.install(_child_event(0x1002, 0x2002, child="all", remote="10.1.0.8"))
+    assert plane._children[0x1001] == "any/all@10.1.0.9"
+    assert names()[:5] == ["icmp", "any/all@10.1.0.9#n0", "any/all@10.1.0.8#n0", "ip-out", "ip-in"]
+    host = next(p.entry for p in service.state.policies if p.name == "any/all@10.1.0.9#n0")
+    assert host.template.child == "any/all@10.1.0.9" and host.direction == "out"
+    assert str(host.selector.remote) == "10.1.0.9/32" and host.priority == 1
+    # a host without IPsec: BYPASS cut from the connection's entry, both ways
+    plane.add_bypass("any/all", "10.1.0.7")
+    clear = next(p.entry for p in service.state.policies if p.name.endswith("-clear"))
+    assert clear.name == "ip-out@10.1.0.7-clear" and clear.direction == "both"
+    assert clear.action is Action.BYPASS and str(clear.selector.remote) == "10.1.0.7/32"
+    assert names().index(clear.name) < names().index("ip-out")
+    # a reload keeps per-host entries of connections that still exist
+    plane.set_policies(plane.config)
+    assert "any/all@10.1.0.9#n0" in names() and clear.name in names()
+    # the host's last SA goes: its entries go; the other host's stay
+    plane.remove(ChildSaDeleted(1, "all", "esp", 0x1001, 0x2001, "deleted"))
+    assert "any/all@10.1.0.9#n0" not in names() and "any/all@10.1.0.8#n0" in names()
+    plane.remove_bypass("any/all", "10.1.0.7")
+    assert clear.name not in names()
+    # the connection is removed by a reload: the remaining host entries go with it
+    plane.set_policies(_config(tmp_path))
+    assert names() == ["web-db/db#0", "other/x#0"]
+
+
+def test_default_response_children_get_entries_last(tmp_path) -> None:
+    from pyipsec.dataplane.service import ordered_entries
+
+    plane, service = _plane(tmp_path)
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text(secrets.read_text() + '  default-response: "yet another secret"\n')
+    path = tmp_path / "pyipsec.yaml"
+    path.write_text(
+        CONFIG
+        + """\
+  default-response:
+    remote_addrs: ["%any"]
+    local: {auth: psk}
+    remote: {auth: psk}
+    children:
+      default-response: {start_action: none}
+"""
+    )
+    plane.set_policies(load_config(str(path)))
+    plane.install(_child_event(0x1001, 0x2001, child="default-response", remote="10.1.0.9"))
+    entries = ordered_entries(service.state.policies)
+    assert [e.name for e in entries][-1] == "default-response/default-response@10.1.0.9#n0"
+    assert entries[-1].direction == "both" and entries[-1].priority >= 100

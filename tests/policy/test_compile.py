@@ -113,8 +113,9 @@ def test_compile_is_pure_and_repeatable() -> None:
 
 def test_secure_server_orders_icmp_permit_before_protection() -> None:
     policy = example_policy("Secure Server (Require Security)")
+    older = frozenset({"spd"})  # a daemon that cannot negotiate with every host yet
     with pytest.raises(ConfigError, match="not supported yet.*subnet") as info:
-        compile_policy(policy, CERT)
+        compile_policy(policy, CERT, capabilities=older)
     assert info.value.key == "rules.All IP Traffic.filter_list"
     c = compile_policy(policy, CERT, capabilities=ALL_CAPABILITIES)
     assert c.requires == {"opportunistic", "spd"}
@@ -130,6 +131,8 @@ def test_secure_server_orders_icmp_permit_before_protection() -> None:
     assert conn["local"]["auth"] == "pubkey" and conn["local"]["cert"] == CERT.certificate
     assert conn["remote"] == {"auth": "pubkey", "cacerts": ["/etc/pyipsec/ca.pem"]}
     assert conn["children"]["all-ip-traffic-any-1"]["remote_ts"] == ["0.0.0.0/0"]
+    assert "unsecured_fallback" not in conn["children"]["all-ip-traffic-any-1"]
+    assert compile_policy(policy, CERT) == c  # today's daemon can do it all
 
 
 def test_server_request_security_accepts_clear_text_and_falls_back() -> None:
@@ -147,12 +150,14 @@ def test_server_request_security_accepts_clear_text_and_falls_back() -> None:
     ]
     assert [(f.entry, f.seconds) for f in c.fallbacks] == [("all-ip-traffic.2.1-out", 3.0)]
     assert "default-response" in c.daemon["connections"]
+    child = c.daemon["connections"]["all-ip-traffic-any"]["children"]["all-ip-traffic-any-1"]
+    assert child["unsecured_fallback"] == 3.0 and child["start_action"] == "trap"
 
 
 def test_client_respond_only() -> None:
     policy = example_policy("Client (Respond Only)")
     with pytest.raises(ConfigError, match="default response") as info:
-        compile_policy(policy, CERT)
+        compile_policy(policy, CERT, capabilities=frozenset({"spd"}))
     assert info.value.key == "default_response"
     c = compile_policy(policy, CERT, capabilities=frozenset({"respond_only"}))
     assert c.spd == ()

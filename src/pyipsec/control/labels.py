@@ -18,6 +18,8 @@ STAT_LABELS: list[tuple[str, str]] = [
     ("authentication_failures", "Authentication failures"),
     ("negotiation_failures", "Negotiation failures"),
     ("nat_keepalives_sent", "NAT keepalives sent"),
+    ("unsecured_fallbacks", "Unsecured fallbacks (hosts without IPsec)"),
+    ("active_fallbacks", "Hosts talked to in clear after fallback"),
     ("bad_spi_packets", "Bad SPI packets"),
     ("packets_not_decrypted", "Packets not decrypted"),
     ("packets_not_authenticated", "Packets not authenticated"),

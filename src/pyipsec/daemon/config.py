@@ -24,6 +24,7 @@ them. The policy layer (filter lists, filter actions, rules) compiles into it.
             esp_proposals: [aes128gcm16-esn]
             rekey_time: 1h
             start_action: trap
+            # unsecured_fallback: 3s          # clear text with hosts that do not answer IKE
     spd:                                    # optional: ordered SPD entries (lower first)
       - {name: no-smtp, local: 10.1.0.1, remote: any, protocol: tcp,
          remote_ports: 25, action: discard, priority: 10}
@@ -93,6 +94,9 @@ class ConnectionInfo:
     remote_addrs: tuple[str, ...]
     encap: bool = False  #: force ESP-in-UDP (NAT-T) even without NAT
     start_actions: dict[str, str] = field(default_factory=dict)  #: child name -> action
+    #: child name -> seconds of failed negotiation before traffic with that host goes in
+    #: clear (``unsecured_fallback``; policies' allow_unsecured_fallback)
+    fallbacks: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,7 @@ _CHILD_KEYS = [
     "jitter",
     "pfs_group",
     "start_action",
+    "unsecured_fallback",
 ]
 _CONN_KEYS = [
     "local_addrs",
@@ -357,6 +362,17 @@ def _connection(
     remote = section.section("remote")
     children_section = section.section("children")
     children = tuple(_child(child, cs) for child, cs in children_section.items())
+    fallbacks = {
+        child: _duration(cs, "unsecured_fallback", None)
+        for child, cs in children_section.items()
+        if "unsecured_fallback" in cs
+    }
+    for child, seconds in fallbacks.items():
+        cs = children_section.section(child)
+        if not 0 < seconds <= 300:
+            raise cs.error("must be between 0 and 5 minutes", "unsecured_fallback")
+        if cs.get_choice("start_action", ("none", "start", "trap"), "trap") != "trap":
+            raise cs.error("an unsecured fallback needs start_action: trap", "unsecured_fallback")
     for side, key in ((local, "local"), (remote, "remote")):
         if "id" in side:
             side.get_converted("id", lambda text, k=key: Identity.parse(text, key=f"{k}.id"))
@@ -391,6 +407,7 @@ def _connection(
         remote_addrs=remote_addrs,
         encap=section.get_bool("encap", False),
         start_actions={child.name: child.start_action for child in children},
+        fallbacks=fallbacks,
     )
     return peer, info
 

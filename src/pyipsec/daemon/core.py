@@ -25,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pyipsec.daemon.commands import Commands
 from pyipsec.daemon.config import DaemonConfig
-from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow, status_report
-from pyipsec.errors import ConfigError, PyipsecError
+from pyipsec.daemon.dynamic import Fallbacks, is_dynamic, narrow_child, peer_for
+from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow
+from pyipsec.errors import PyipsecError
 from pyipsec.ike.endpoint import IkeEndpoint
 from pyipsec.ike.events import (
     AuthenticationFailed,
@@ -67,6 +69,12 @@ class Dataplane(Protocol):
     def set_policies(self, config: DaemonConfig) -> None:
         """Install the SPD of all connections (trap policies route first packets to us)."""
 
+    def add_bypass(self, child: str, remote: str) -> None:
+        """Let ``child``'s traffic with host ``remote`` pass in clear (unsecured fallback)."""
+
+    def remove_bypass(self, child: str, remote: str) -> None:
+        """End the unsecured fallback of ``child`` with ``remote``."""
+
     def sa_statistics(self) -> dict[int, dict[str, int]]:
         """Counters per SPI (bytes/packets in or out)."""
 
@@ -83,9 +91,10 @@ class _Pending:
     peer: str
     child: str
     since: float
+    remote: str = ""  #: the host, for connections toward many hosts
 
 
-class Daemon:
+class Daemon(Commands):
     """One host's IPsec daemon, independent of the real sockets and data plane."""
 
     def __init__(
@@ -114,7 +123,11 @@ class Daemon:
         self.failures: deque[Failure] = deque(maxlen=20)
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
-        self._pending: dict[tuple[str, str], _Pending] = {}
+        #: (connection, child, remote or "") being brought up
+        self._pending: dict[tuple[str, str, str], _Pending] = {}
+        self.fallbacks = Fallbacks()
+        self._attempts: dict[int, str] = {}  #: IKE SA handle -> host, dynamic initiations
+        self._fallback_timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -165,6 +178,8 @@ class Daemon:
             self._timer.cancel()
         if self._keepalive_timer is not None:
             self._keepalive_timer.cancel()
+        if self._fallback_timer is not None:
+            self._fallback_timer.cancel()
 
     # ------------------------------------------------------------------ inputs
 
@@ -178,16 +193,20 @@ class Daemon:
     def acquire(self, src: str, dst: str, child: str | None = None) -> None:
         """The data plane holds a packet from ``src`` to ``dst`` with no SA: negotiate.
 
-        ``child`` is the SPD entry's ``<connection>/<child>``: that child comes up. Without
-        it (or when it names nothing configured), the first trap child of the first
-        connection to ``dst``.
+        ``child`` is the SPD entry's ``<connection>/<child>``: that child comes up (with
+        ``dst`` as the peer when the connection covers many hosts). Without it (or when
+        it names nothing configured), the first trap child of the first connection to
+        ``dst``.
         """
         self.counters.acquires += 1
         if child and "/" in child:
             conn_name, _, child_name = child.partition("/")
             peer = self.config.endpoint.peer(conn_name)
             if peer is not None and peer.child(child_name) is not None:
-                self.initiate(peer.name, child_name)
+                if is_dynamic(peer):
+                    self.initiate_to(peer.name, child_name, src, dst)
+                else:
+                    self.initiate(peer.name, child_name)
                 self._pump()
                 return
         for peer in self.config.endpoint.peers:
@@ -204,7 +223,7 @@ class Daemon:
         child = (
             peer.child(child_name) if child_name else (peer.children[0] if peer.children else None)
         )
-        key = (peer.name, child.name if child else "")
+        key = (peer.name, child.name if child else "", "")
         now = self.clock()
         pending = self._pending.get(key)
         if pending is not None and now - pending.since < 30:
@@ -221,6 +240,71 @@ class Daemon:
         else:
             self.endpoint.initiate(peer, child, now)
         self._pending[key] = _Pending(peer.name, key[1], now)
+
+    def initiate_to(self, peer_name: str, child_name: str, local: str, remote: str) -> None:
+        """Bring up ``child_name`` of a connection toward many hosts with the one host
+        ``remote`` (selectors narrowed to ``local`` <-> ``remote``), unless it is up or
+        coming; starts the unsecured-fallback clock when the child has one."""
+        peer = self.config.peer(peer_name)
+        configured = peer.child(child_name)
+        child = narrow_child(configured, local, remote) if configured is not None else None
+        if child is None:
+            log.info("acquire %s -> %s is outside %s/%s", local, remote, peer_name, child_name)
+            return
+        now = self.clock()
+        info = self.config.connections.get(peer_name)
+        seconds = info.fallbacks.get(child_name) if info is not None else None
+        if seconds is not None:
+            self.fallbacks.negotiating(peer_name, child_name, local, remote, seconds, now)
+            self._arm_fallbacks(now)
+        key = (peer_name, child_name, remote)
+        pending = self._pending.get(key)
+        if pending is not None and now - pending.since < 30:
+            return
+        ike = [
+            h for h, r in self.ike_sas.items() if r.name == peer_name and r.remote_addr == remote
+        ]
+        if any(c.name == child_name and c.ike_sa in ike for c in self.child_sas.values()):
+            return
+        if ike:
+            self.endpoint.create_child(ike[0], child, now)
+        else:
+            handle = self.endpoint.initiate(peer_for(peer, remote), child, now)
+            self._attempts[handle] = remote
+        self._pending[key] = _Pending(peer_name, child_name, now, remote)
+
+    def _arm_fallbacks(self, now: float) -> None:
+        when = self.fallbacks.next_deadline()
+        if self._fallback_timer is not None:
+            self._fallback_timer.cancel()
+            self._fallback_timer = None
+        if when is not None and not self.closed:
+            self._fallback_timer = self.loop.call_later(max(0.0, when - now), self._on_fallback)
+
+    def _on_fallback(self) -> None:
+        """Hosts that did not answer IKE in time talk in clear; fallen-back hosts get a
+        background negotiation (the BYPASS entry stays until a Child SA is up)."""
+        self._fallback_timer = None
+        if self.closed:
+            return
+        now = self.clock()
+        for action in self.fallbacks.due(now):
+            name = f"{action.connection}/{action.child}"
+            if action.kind == "bypass":
+                self.dataplane.add_bypass(name, action.remote)
+                self.counters.unsecured_fallbacks += 1
+                log.warning(
+                    "no IPsec with %s after the fallback delay: %s traffic with it passes in "
+                    "clear (allow_unsecured_fallback)",
+                    action.remote,
+                    name,
+                )
+                self._emit("fallback", name=name, remote=action.remote)
+            else:
+                self._pending.pop((action.connection, action.child, action.remote), None)
+                self.initiate_to(action.connection, action.child, action.local, action.remote)
+        self._pump()
+        self._arm_fallbacks(now)
 
     # ------------------------------------------------------------------ the pump
 
@@ -268,6 +352,7 @@ class Daemon:
             handler(self, event, now)
 
     def _ike_up(self, event: IkeSaUp, now: float) -> None:
+        self._attempts.pop(event.ike_sa, None)
         peer = self.config.endpoint.peer(event.peer)
         self.counters.ike_sa_additions += 1
         rekey_at = now + peer.rekey_time if peer is not None else None
@@ -320,9 +405,7 @@ class Daemon:
             if child.ike_sa == event.ike_sa:
                 # the endpoint reports children first; this is a safety net
                 del self.child_sas[spi]
-        for key in list(self._pending):
-            if key[0] == event.peer:
-                del self._pending[key]
+        self._forget_pending(event.peer, self._remote_of(event.ike_sa, row))
         log.info("IKE SA %s[%d] down: %s", event.peer, event.ike_sa, event.reason)
         self._emit("ike-down", name=event.peer, ike_sa=event.ike_sa, reason=event.reason)
         if event.reason in ("dead peer", "deleted by peer", "expired", "replaced"):
@@ -338,8 +421,23 @@ class Daemon:
                 self.initiate(peer.name, child.name)
                 return
 
+    def _remote_of(self, handle: int, row: IkeSaRow | None) -> str | None:
+        """The host of IKE SA ``handle`` if known (its row, or a dynamic initiation)."""
+        remote = self._attempts.pop(handle, None)
+        return row.remote_addr if row is not None else remote
+
+    def _forget_pending(self, peer: str, remote: str | None) -> None:
+        """Attempts of ``peer`` (toward ``remote`` only, for dynamic connections) ended."""
+        for key in list(self._pending):
+            if key[0] == peer and (remote is None or key[2] in ("", remote)):
+                del self._pending[key]
+
     def _child_installed(self, event: ChildSaInstalled, now: float) -> None:
         self.dataplane.install(event)
+        row = self.ike_sas.get(event.ike_sa)
+        conn = row.name if row is not None else ""
+        if self.fallbacks.protected(conn, event.child, event.remote_addr):
+            self.dataplane.remove_bypass(f"{conn}/{event.child}", event.remote_addr)
         self.counters.child_sa_additions += 1
         self.child_sas[event.inbound_spi] = ChildSaRow(
             ike_sa=event.ike_sa,
@@ -356,9 +454,9 @@ class Daemon:
             installed=now,
             rekey_at=now + event.rekey_time,
         )
-        row = self.ike_sas.get(event.ike_sa)
         if row is not None:
-            self._pending.pop((row.name, event.child), None)
+            self._pending.pop((row.name, event.child, ""), None)
+            self._pending.pop((row.name, event.child, event.remote_addr), None)
         else:
             for key in [k for k in self._pending if k[1] == event.child]:
                 del self._pending[key]
@@ -424,8 +522,7 @@ class Daemon:
                 "AUTHENTICATION_FAILED",
             )
         )
-        for key in [k for k in self._pending if k[0] == event.peer]:
-            del self._pending[key]
+        self._forget_pending(event.peer, event.remote_addr[0])
         log.warning(
             "authentication with %s (%s) failed: %s",
             event.peer or "?",
@@ -441,8 +538,9 @@ class Daemon:
         except ValueError:
             notify = str(event.notify)
         self.failures.append(Failure(self.wall_clock(), event.peer, event.reason, notify))
-        for key in [k for k in self._pending if k[0] == event.peer]:
-            del self._pending[key]
+        self._forget_pending(
+            event.peer, self._remote_of(event.ike_sa, self.ike_sas.get(event.ike_sa))
+        )
         log.warning(
             "negotiation with %s failed: %s%s",
             event.peer,
@@ -453,115 +551,6 @@ class Daemon:
 
     def _emit(self, kind: str, **fields: Any) -> None:
         self.publish({"type": kind, "time": self.wall_clock(), **fields})
-
-    # ------------------------------------------------------------------ commands
-
-    def status(self) -> dict[str, Any]:
-        """The SA tables and recent failures, as the control API returns them."""
-        return status_report(
-            now=self.clock(),
-            started=self.started,
-            ike_sas=self.ike_sas,
-            child_sas=self.child_sas,
-            failures=self.failures,
-            per_spi=self.dataplane.sa_statistics(),
-        )
-
-    def statistics(self) -> dict[str, Any]:
-        stats: dict[str, Any] = dict(vars(self.counters))
-        stats["active_ike_sas"] = len(self.ike_sas)
-        stats["active_child_sas"] = len(self.child_sas)
-        stats.update(self.dataplane.statistics())
-        return stats
-
-    def find_ike_sas(self, name: str) -> list[int]:
-        """IKE SA handles of connection ``name`` (or of the one holding child ``name``)."""
-        handles = [h for h, row in self.ike_sas.items() if row.name == name]
-        if not handles:
-            handles = sorted({c.ike_sa for c in self.child_sas.values() if c.name == name})
-        return handles
-
-    def command_up(self, name: str) -> str:
-        for peer in self.config.endpoint.peers:
-            if peer.name == name:
-                self.initiate(peer.name, peer.children[0].name if peer.children else None)
-                self._pump()
-                return f"initiating {name}"
-            if peer.child(name) is not None:
-                self.initiate(peer.name, name)
-                self._pump()
-                return f"initiating {peer.name}/{name}"
-        raise ConfigError(f"no connection or child named {name!r}")
-
-    def command_down(self, name: str) -> str:
-        now = self.clock()
-        is_child = any(c.name == name for c in self.child_sas.values()) and not any(
-            row.name == name for row in self.ike_sas.values()
-        )
-        if is_child:
-            for child in [c for c in self.child_sas.values() if c.name == name]:
-                self.endpoint.delete_child(child.ike_sa, child.spi_in, now)
-            self._pump()
-            return f"deleting child {name}"
-        handles = self.find_ike_sas(name)
-        if not handles:
-            raise ConfigError(f"no SA named {name!r} is up")
-        for handle in handles:
-            self.endpoint.delete_ike(handle, now)
-        self._pump()
-        return f"deleting {len(handles)} IKE SA(s) of {name}"
-
-    def command_rekey(self, name: str) -> str:
-        now = self.clock()
-        children = [c for c in self.child_sas.values() if c.name == name]
-        if children:
-            for child in children:
-                self.endpoint.rekey_child(child.ike_sa, child.spi_in, now)
-            self._pump()
-            return f"rekeying child {name}"
-        handles = self.find_ike_sas(name)
-        if not handles:
-            raise ConfigError(f"no SA named {name!r} is up")
-        for handle in handles:
-            self.endpoint.rekey_ike(handle, now)
-        self._pump()
-        return f"rekeying IKE SA of {name}"
-
-    def reload(self, new: DaemonConfig) -> dict[str, list[str]]:
-        """Apply a new, already validated configuration.
-
-        Connections whose configuration is unchanged keep their SAs; changed or removed
-        ones are deleted (and changed ones come back under the new settings); new ones
-        are started according to their start actions.
-        """
-        old_peers = {p.name: p for p in self.config.endpoint.peers}
-        new_peers = {p.name: p for p in new.endpoint.peers}
-        kept = [n for n in new_peers if n in old_peers and old_peers[n] == new_peers[n]]
-        changed = [n for n in new_peers if n in old_peers and n not in kept]
-        removed = [n for n in old_peers if n not in new_peers]
-        added = [n for n in new_peers if n not in old_peers]
-        now = self.clock()
-        for name in changed + removed:
-            for handle in self.find_ike_sas(name):
-                self.endpoint.delete_ike(handle, now)
-        self._pump()
-        self.config = new
-        self.endpoint.config = new.endpoint  # responders match peers against the new set
-        self.dataplane.set_policies(new)
-        for name in changed + added:
-            for child in new_peers[name].children:
-                if child.start_action == "start":
-                    self.initiate(name, child.name)
-        self.counters.reloads += 1
-        self._pump()
-        log.info(
-            "configuration reloaded: kept %s, changed %s, added %s, removed %s",
-            kept,
-            changed,
-            added,
-            removed,
-        )
-        return {"kept": kept, "changed": changed, "added": added, "removed": removed}
 
 
 _EVENT_HANDLERS: dict[type, Callable[[Daemon, Any, float], None]] = {

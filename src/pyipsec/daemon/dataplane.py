@@ -14,7 +14,12 @@ process tree (the two per-direction workers are forked from the daemon) and tran
   soft lifetime expiry by volume (rekey now).
 
 Children are named ``<connection>/<child>`` in the data plane, so two connections may
-use the same child name.
+use the same child name. Connections toward many hosts (``%any``, subnets: see
+:mod:`pyipsec.daemon.dynamic`) get one child per host, ``<connection>/<child>@<host>``,
+whose PROTECT entries are made from the negotiated selectors when the SA is installed
+and removed with its last SA; they sit just before the connection's own entries (or
+last, for a child that has none: the default response rule), with the same priority.
+BYPASS entries of hosts that fell back to clear text sit there too.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 from typing import Any
 
 from pyipsec.daemon.config import DaemonConfig
+from pyipsec.daemon.dynamic import dataplane_child
 from pyipsec.dataplane.service import Service
 from pyipsec.dataplane.static import PolicyConfig, StaticConfig, parse_policy, parse_sa
 from pyipsec.ike.events import ChildSaDeleted, ChildSaInstalled
@@ -144,6 +150,9 @@ class LinuxDataplane:
         self.hooks = hooks
         self.service = Service(StaticConfig(sas=(), policies=()), events=True)
         self._children: dict[int, str] = {}  # inbound SPI -> data plane child name
+        #: per-host entries, by the connection's child name ("conn/child") they precede:
+        #: PROTECT entries of installed SAs and BYPASS entries of fallen-back hosts
+        self._dynamic: dict[str, dict[str, list[dict[str, Any]]]] = {}
         #: rekey successors whose outbound SA waits: new inbound SPI -> (old outbound SPI, SA)
         self._waiting: dict[int, tuple[int, Any]] = {}
         self._failed: asyncio.Future[None] = loop.create_future()
@@ -153,7 +162,7 @@ class LinuxDataplane:
     async def start_async(self) -> None:
         """Start the service off the event loop (pyroute2's synchronous API runs an event
         loop of its own and refuses to run inside ours), then listen to the workers."""
-        self.service.state.policies = compile_policies(self.config)
+        self.service.state.policies = self._policies()
         await self.loop.run_in_executor(None, self.service.start)
         logging.getLogger("pyroute2").setLevel(logging.WARNING)
         for conn in self.service.event_conns:
@@ -200,11 +209,56 @@ class LinuxDataplane:
 
     def set_policies(self, config: DaemonConfig) -> None:
         self.config = config
-        policies = compile_policies(config)
+        known = {f"{p.name}/{c.name}" for p in config.endpoint.peers for c in p.children}
+        for generic in [g for g in self._dynamic if g not in known]:
+            del self._dynamic[generic]  # the connection is gone, and its hosts' entries
+        self._refresh()
+
+    def _refresh(self) -> None:
+        policies = self._policies()
         if self.service.procs:
             self.service._apply_policies(policies)
         else:
             self.service.state.policies = policies
+
+    def _policies(self) -> list[PolicyConfig]:
+        """The configured SPD with the per-host entries in place (see the module doc)."""
+        base = compile_policies(self.config)
+        pending = {g: [e for group in d.values() for e in group] for g, d in self._dynamic.items()}
+        out: list[PolicyConfig] = []
+        for policy in base:
+            template = policy.entry.template
+            generic = template.child if template is not None else None
+            for data in pending.pop(generic, []) if generic else []:
+                out.append(parse_policy({**data, "priority": policy.entry.priority}, path=generic))
+            out.append(policy)
+        for generic, items in pending.items():
+            last = max((p.entry.priority for p in base), default=0)
+            out.extend(parse_policy({**d, "priority": max(last, 100)}, path=generic) for d in items)
+        return out
+
+    def add_bypass(self, child: str, remote: str) -> None:
+        """Let traffic of ``child`` (``conn/child``) with host ``remote`` pass in clear (an
+        unsecured fallback): BYPASS entries cut from the child's entries to that host."""
+        version = ipaddress.ip_address(remote).version
+        entries = []
+        for policy in compile_policies(self.config):
+            entry = policy.entry
+            if entry.template is None or entry.template.child != child:
+                continue
+            if entry.selector.remote.version not in (0, version):
+                continue
+            data = {k: v for k, v in policy.source.items() if k not in ("child", "priority")}
+            data.update(name=f"{entry.name}@{remote}-clear", remote=remote, action="bypass",
+                        direction="both")  # fmt: skip
+            entries.append(data)
+        self._dynamic.setdefault(child, {})[f"clear@{remote}"] = entries
+        self._refresh()
+
+    def remove_bypass(self, child: str, remote: str) -> None:
+        """The unsecured fallback with ``remote`` ended (a Child SA protects it now)."""
+        if self._dynamic.get(child, {}).pop(f"clear@{remote}", None) is not None:
+            self._refresh()
 
     def install(self, child: ChildSaInstalled) -> None:
         """Install the inbound SA, then the outbound one.
@@ -215,8 +269,12 @@ class LinuxDataplane:
         first. Switching earlier loses packets when we answered the peer's rekey and our
         response has not reached it yet; a collision loser never carries traffic.
         """
-        peer_name = self._peer_of(child)
-        name = f"{peer_name}/{child.child}"
+        peer = self._peer_of(child)
+        name = (
+            dataplane_child(peer, child.child, child.remote_addr)
+            if peer is not None
+            else f"dynamic/{child.child}"
+        )
         self._ensure_policies(child, name)
         configs = {}
         for direction in ("in", "out"):
@@ -253,22 +311,32 @@ class LinuxDataplane:
             with contextlib.suppress(Exception):
                 self.service._worker_call(worker, ("del_sa", child.protocol, spi))
             self.service.state.sas.pop((direction, child.protocol, spi), None)
-        self._children.pop(child.inbound_spi, None)
+        name = self._children.pop(child.inbound_spi, None)
+        if name is not None and name not in self._children.values():
+            generic = name.partition("@")[0]
+            if self._dynamic.get(generic, {}).pop(name, None) is not None:
+                self._refresh()  # the host's last SA is gone, and its PROTECT entries
 
-    def _peer_of(self, child: ChildSaInstalled) -> str:
+    def _peer_of(self, child: ChildSaInstalled) -> Any:
         for peer in self.config.endpoint.peers:
             if peer.child(child.child) is not None and (peer.matches_addr(child.remote_addr)):
-                return peer.name
-        return "dynamic"
+                return peer
+        return None
 
     def _ensure_policies(self, child: ChildSaInstalled, name: str) -> None:
-        """Add PROTECT entries from the negotiated selectors when none exist for the child
-        (a responder whose configuration said ``dynamic`` toward ``%any``)."""
-        if any(
-            p.entry.template and p.entry.template.child == name for p in self.service.state.policies
-        ):
+        """PROTECT entries from the negotiated selectors for a child the configuration
+        gives none (a host of a connection toward many hosts, or ``dynamic`` selectors
+        of a responder for ``%any``); they follow the direction of the connection's own
+        entries (``out`` for accept_unsecured) and live until the child's last SA goes."""
+        generic = name.partition("@")[0]
+        if name in self._dynamic.get(generic, {}):
             return
-        extra = []
+        base = compile_policies(self.config)
+        own = [p.entry for p in base if p.entry.template and p.entry.template.child == generic]
+        if "@" not in name and own:
+            return  # the configuration's entries cover it
+        direction = "out" if own and all(e.direction == "out" for e in own) else "both"
+        entries = []
         for index, (local, remote) in enumerate(
             (lts, rts) for lts in child.local_ts for rts in child.remote_ts
         ):
@@ -280,15 +348,17 @@ class LinuxDataplane:
                 "remote": _range_text(remote),
                 "action": "protect",
                 "child": name,
+                "direction": direction,
             }
             protocol = local.ip_protocol or remote.ip_protocol
             if protocol:
                 entry["protocol"] = protocol
                 entry["local_ports"] = _ports(local)
                 entry["remote_ports"] = _ports(remote)
-            extra.append(parse_policy(entry, path=name))
-        if extra:
-            self.service._apply_policies(list(self.service.state.policies) + extra)
+            entries.append(entry)
+        if entries:
+            self._dynamic.setdefault(generic, {})[name] = entries
+            self._refresh()
 
     def sa_statistics(self) -> dict[int, dict[str, int]]:
         out: dict[int, dict[str, int]] = {}

@@ -69,6 +69,7 @@ class Counters:
     reloads: int = 0
     failed_reloads: int = 0
     nat_keepalives_sent: int = 0
+    unsecured_fallbacks: int = 0  #: hosts that got clear text after failed negotiation
 
 
 @dataclass
@@ -104,8 +105,10 @@ def status_report(
     child_sas: Mapping[int, ChildSaRow],
     failures: Iterable[Failure],
     per_spi: Mapping[int, Mapping[str, int]],
+    fallbacks: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """IKE SAs, Child SAs (with traffic counters) and recent failures as plain JSON."""
+    """IKE SAs, Child SAs (with traffic counters), hosts talked to in clear after an
+    unsecured fallback and recent failures as plain JSON."""
     ike_rows = []
     for row in ike_sas.values():
         parts = row.proposal.split("-")
@@ -166,6 +169,15 @@ def status_report(
         "uptime": now - started,
         "ike_sas": ike_rows,
         "child_sas": child_rows,
+        "fallbacks": [
+            {
+                "connection": f["connection"],
+                "child": f["child"],
+                "remote": f["remote"],
+                "for": now - float(f["since"]),
+            }
+            for f in fallbacks
+        ],
         "recent_failures": [
             {
                 "when": time.strftime("%H:%M:%S", time.localtime(f.when)),

@@ -23,8 +23,9 @@ What a host gets:
   which secret each connection needs (:meth:`CompiledPolicy.secrets_file`).
 
 Whatever the daemon cannot do yet is a ConfigError, never silently dropped. Features the
-daemon may learn later are *capabilities* (:data:`ALL_CAPABILITIES`); compiling for the
-daemon of today uses :data:`DAEMON_CAPABILITIES` (none of them):
+daemon learned one by one are *capabilities* (:data:`ALL_CAPABILITIES`); compiling for
+the daemon of today uses :data:`DAEMON_CAPABILITIES` (all of them); a smaller set
+compiles for an older daemon, which refuses what it cannot do:
 
 * ``opportunistic``: negotiate in transport mode with every host of a subnet / ``any``
   (IKE towards each packet's destination);
@@ -71,8 +72,8 @@ __all__ = [
 ]
 
 ALL_CAPABILITIES = frozenset({"opportunistic", "unsecured_fallback", "respond_only", "spd"})
-#: what ``pyipsec daemon`` can do today
-DAEMON_CAPABILITIES: frozenset[str] = frozenset({"spd"})
+#: what ``pyipsec daemon`` can do today: all of them
+DAEMON_CAPABILITIES: frozenset[str] = ALL_CAPABILITIES
 
 _WHY = {
     "opportunistic": "the daemon cannot negotiate with every host of a subnet in transport "
@@ -409,6 +410,8 @@ class _Compiler:
         if action.pfs:
             child["pfs_group"] = _pfs_group(self.policy.key_exchange.methods)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in child.items()}
+        if action.allow_unsecured_fallback:
+            child["unsecured_fallback"] = action.fallback_seconds  # the daemon's, not IKE's
         if "ah_proposals" in kwargs:
             kwargs["esp_proposals"] = ()
         try:
