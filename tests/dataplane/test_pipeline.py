@@ -310,3 +310,101 @@ def test_flow_cache_within_a_batch_never_misclassifies():
     # protected: 3 x port 2000 + the first fragment; not: 2001, the later fragment (no
     # ports: only the DISCARD entry matches it), and the reversed flow (no policy)
     assert (st.packets_sent, st.not_protect, st.no_policy, st.errors) == (4, 2, 1, ())
+
+
+def _nat_pair(encap_sport=31000):
+    """A -> B ESP-in-UDP where B's inbound SA expects A behind a NAT at 198.51.100.7."""
+    import dataclasses
+
+    from pyipsec.dataplane.pipeline import NatMapping
+
+    pols = policies()
+    out, sender, _ = out_pipe(pols)
+    tun = FakeTun()
+    table: dict = {}
+    for p in pols:
+        table.setdefault(p.entry.template.child, []).append(p.entry.selector.mirror())
+    reports: list[NatMapping] = []
+    inn = InboundPipeline(tun, on_mapping=reports.append)
+    cfg = sa_cfg("out", encap="udp", mode="tunnel")
+    out.add_sa(cfg, cfg.build(), 0.0)
+    cfg_in = dataclasses.replace(cfg, src="198.51.100.7", encap_sport=encap_sport)
+    inn.add_sa(cfg_in, cfg_in.build(selectors=ChildSelectors(table, "ab")))
+    return out, sender, inn, tun, reports
+
+
+def _wire(out, sender, n, now=1.0):
+    sender.udp.clear()
+    pkts = [udp4(payload=bytes([i]) * 300) for i in range(n)]
+    out.process(pkts, now)
+    return pkts, [d for _, _, batch in sender.udp for d in batch]
+
+
+def test_verified_esp_from_a_new_nat_mapping_is_reported_once():
+    out, sender, inn, tun, reports = _nat_pair()
+    nat = ipaddress.IPv4Address("198.51.100.7").packed
+    me = ipaddress.IPv4Address(B4).packed
+    pkts, dgrams = _wire(out, sender, 4)
+    # from the known mapping: delivered, nothing reported
+    inn.process_payloads([(d, nat, me) for d in dgrams[:2]], 50, 1.0, udp=True,
+                         ports=[31000, 31000])  # fmt: skip
+    assert reports == [] and tun.written == pkts[:2]
+    # the NAT moved A to port 31077: reported once, with text address and port
+    inn.process_payloads([(d, nat, me) for d in dgrams[2:]], 50, 1.0, udp=True,
+                         ports=[31077, 31077])  # fmt: skip
+    assert tun.written == pkts
+    assert [(r.spi, r.child, r.addr, r.port) for r in reports] == [
+        (0x1001, "ab", "198.51.100.7", 31077)
+    ]
+    pkts2, dgrams2 = _wire(out, sender, 3)
+    inn.process_payloads([(d, nat, me) for d in dgrams2], 50, 1.0, udp=True, ports=[31077] * 3)
+    assert len(reports) == 1 and inn.statistics().nat_mappings == 1
+    # without ports (raw sockets, static data planes) nothing is looked at
+    pkts3, dgrams3 = _wire(out, sender, 1)
+    inn.process_payloads([(d, nat, me) for d in dgrams3], 50, 1.0, udp=True)
+    assert len(reports) == 1 and tun.written[-1] == pkts3[0]
+
+
+def test_unverified_or_replayed_esp_never_moves_the_mapping():
+    """A forged packet (bad ICV) or a replayed one from a new port is no evidence."""
+    out, sender, inn, tun, reports = _nat_pair()
+    nat = ipaddress.IPv4Address("198.51.100.7").packed
+    other = ipaddress.IPv4Address("203.0.113.66").packed
+    me = ipaddress.IPv4Address(B4).packed
+    pkts, dgrams = _wire(out, sender, 3)
+    inn.process_payloads([(d, nat, me) for d in dgrams[:2]], 50, 1.0, udp=True,
+                         ports=[31000] * 2)  # fmt: skip
+    forged = bytearray(dgrams[2])
+    forged[-1] ^= 1
+    inn.process_payloads([(dgrams[0], other, me), (bytes(forged), other, me)], 50, 1.0,
+                         udp=True, ports=[40000, 40000])  # fmt: skip
+    assert reports == [] and tun.written == pkts[:2]
+    assert inn.errors == {"replayed_packets": 1, "packets_not_authenticated": 1}
+    assert inn.statistics().nat_mappings == 0
+
+
+def test_mapping_with_text_addresses_compares_by_value():
+    out, sender, inn, tun, reports = _nat_pair()
+    _pkts, dgrams = _wire(out, sender, 2)
+    inn.process_payloads([(dgrams[0], "198.51.100.7", B4)], 50, 1.0, udp=True, ports=[31000])
+    assert reports == []
+    inn.process_payloads([(dgrams[1], "198.51.100.8", B4)], 50, 1.0, udp=True, ports=[31000])
+    assert [(r.addr, r.port) for r in reports] == [("198.51.100.8", 31000)]
+
+
+def test_set_peer_redirects_udp_sa_only():
+    out, sender, inn, tun, _ = _nat_pair()
+    _wire(out, sender, 1)
+    assert sender.udp[0][1] == (B4, 4500)
+    assert out.set_peer("esp", 0x1001, B4, 31077) is True
+    _wire(out, sender, 2)
+    assert [a for _, a, _ in sender.udp] == [(B4, 31077)]
+    assert dict(out.sa_statistics()[0][0].to_dict())["encap_dport"] == 31077
+    assert out.set_peer("esp", 0x9999, B4, 31077) is False  # unknown SA
+    assert out.set_peer("esp", 0x1001, "fd99:1::2", 31077) is False  # family change
+    assert out.set_peer("esp", 0x1001, "not an address", 31077) is False
+    assert out.set_peer("esp", 0x1001, B4, 0) is False
+    raw, rsender, _ = out_pipe(policies())
+    cfg = sa_cfg("out", spi=0x2002)
+    raw.add_sa(cfg, cfg.build(), 0.0)
+    assert raw.set_peer("esp", 0x2002, B4, 31077) is False  # raw ESP has no port

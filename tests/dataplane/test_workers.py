@@ -126,8 +126,8 @@ def test_acquire_and_ike_events_reach_the_daemon_pipe():
     assert events.events == [("acquire", "ab", "ab", "10.99.1.1", "10.99.1.2")]
     ike = b"\0\0\0\0" + b"IKE message"
     esp = b"\0\0\x10\x01esp..."
-    rest = _split_ike([(ike, dst, src), (esp, dst, src)], [4500, 4500], 4500, events)
-    assert rest == [(esp, dst, src)]
+    rest = _split_ike([(ike, dst, src), (esp, dst, src)], [4500, 4501], 4500, events)
+    assert rest == ([(esp, dst, src)], [4501])
     assert events.events[-1] == ("ike", ike, ("10.99.1.2", 4500), ("10.99.1.1", 4500))
 
 
@@ -146,15 +146,16 @@ def test_split_ike_reports_the_real_source_port():
     esp1, esp2 = b"\0\0\x10\x01" + b"a" * 20, b"\0\0\x10\x01" + b"b" * 20
     items = [(esp1, nat, me), (b"\0\0\0\0ike-1", nat, me), (b"\xff", nat, me),
              (b"\0\0\0\0ike-2", v6a, v6b), (esp2, nat, me)]  # fmt: skip
-    rest = _split_ike(items, [31000, 31001, 31000, 40000, 31000], 4500, events)
-    assert rest == [items[0], items[2], items[4]]
+    rest = _split_ike(items, [31000, 31001, 31002, 40000, 31003], 4500, events)
+    assert rest == ([items[0], items[2], items[4]], [31000, 31002, 31003])
     assert events.events == [
         ("ike", b"\0\0\0\0ike-1", ("192.0.2.9", 31001), ("192.0.2.2", 4500)),
         ("ike", b"\0\0\0\0ike-2", ("2001:db8::9", 40000), ("2001:db8::2", 4500)),
     ]
     # a batch without IKE is handed on as it is (no copy on the hot path)
-    plain = [(esp1, nat, me), (esp2, nat, me)]
-    assert _split_ike(plain, [31000, 31000], 4500, events) is plain
+    plain, ports = [(esp1, nat, me), (esp2, nat, me)], [31000, 31000]
+    rest, rest_ports = _split_ike(plain, ports, 4500, events)
+    assert rest is plain and rest_ports is ports
     assert len(events.events) == 2
 
 
@@ -194,3 +195,58 @@ def test_inbound_udp_handler_forwards_ike_with_its_port():
     finally:
         rx.close()
         tx.close()
+
+
+def test_nat_mapping_event_and_set_peer_command():
+    """ESP-in-UDP that verifies from another port than the SA's peer port becomes a
+    ("nat_mapping", ...) event; ("set_peer", ...) sends an outbound SA's ESP there."""
+    import dataclasses
+    import ipaddress
+    import select
+    import socket
+
+    from pyipsec.platform.linux import sockets as sk
+
+    events = EventSink()
+    base = dataclasses.replace(sa_cfg("in"), mode="tunnel", encap="udp", src="127.0.0.1",
+                               dst="127.0.0.1", encap_sport=4500)  # fmt: skip
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.IPPROTO_IP, sk.IP_PKTINFO, 1)
+        tx.bind(("127.0.0.1", 0))
+        w = InboundWorker(FakeConn([("policies", POL), ("add_sa", base)]), FakeTun(),
+                          [("udp", rx)], events)  # fmt: skip
+        w.handle_control()
+        peer = dataclasses.replace(base, direction="out")
+        sa = peer.build(now=0.0)
+        a, b = (ipaddress.IPv4Address(x).packed for x in ("10.99.1.2", "10.99.1.1"))
+        udp = b"\x03\xe8\x07\xd0\x00\x0c\x00\x00abcd"
+        inner = bytes([0x45, 0, 0, 20 + len(udp), 0, 0, 0, 0, 64, 17, 0, 0]) + a + b + udp
+        for msg in sa.encapsulate_esp_batch([inner, inner], 0.0, {}):
+            tx.sendto(msg, rx.getsockname())
+        drain = w._handler("udp", rx)
+        for _ in range(50):
+            select.select([rx], [], [], 0.1)
+            drain()
+            if w.pipe.statistics().packets_received >= 2:
+                break
+        assert len(w.tun.written) == 2, w.pipe.errors
+        assert events.events == [
+            ("nat_mapping", "esp", base.spi, "ab", "127.0.0.1", tx.getsockname()[1])
+        ]
+    finally:
+        rx.close()
+        tx.close()
+    udp_sock = FakeSock()
+    out_cfg = dataclasses.replace(peer, src="10.99.1.1", dst="10.99.1.2")
+    conn = FakeConn([("add_sa", out_cfg), ("set_peer", "esp", out_cfg.spi, "10.99.1.2", 31077),
+                     ("set_peer", "esp", 0x7777, "10.99.1.2", 31077)])  # fmt: skip
+    ow = OutboundWorker(conn, FakeTun(), SocketSender(None, None, udp_sock, None), POL)
+    ow.handle_control()
+    assert conn.sent == [{"ok": True}, {"ok": True}, {"ok": False}]
+    src, dst = (ipaddress.IPv4Address(x).packed for x in ("10.99.1.1", "10.99.1.2"))
+    plain = bytes([0x45, 0, 0, 20 + len(udp), 0, 0, 0, 0, 64, 17, 0, 0]) + src + dst + udp
+    ow.pipe.process([plain], 1.0)
+    assert [addr for _, addr in udp_sock.sent] == [("10.99.1.2", 31077)]

@@ -28,6 +28,12 @@ addresses)::
     write batch       the inner packets into the TUN device; with TUN offloads, runs of
                       one TCP flow become one GSO super-packet (receive-side GRO)
 
+NAT mapping changes (RFC 3948 2.1, RFC 7296 2.23): UDP 4500 items come with their source
+ports; when a run of ESP-in-UDP packets of one SA verifies (ICV and replay window passed)
+and came from another (address, port) than the SA's peer, the inbound pipeline reports a
+:class:`NatMapping` once per change. The pipeline does not move anything itself: the
+daemon decides (the outbound side follows through :meth:`OutboundPipeline.set_peer`).
+
 Every PacketError raised on the way is counted under its ``counter`` name and never stops
 the batch. Nothing here reads the clock: ``now`` comes from the worker loop.
 """
@@ -38,7 +44,7 @@ import ipaddress
 import struct
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from pyipsec.errors import MalformedPacket, PacketError
@@ -77,6 +83,21 @@ class Acquire:
 
 
 @dataclass(frozen=True, slots=True)
+class NatMapping:
+    """Authenticated ESP-in-UDP of an inbound SA arrived from a new (address, port).
+
+    A NAT in front of the peer changed its mapping (RFC 7296 2.23): the peer's outbound
+    SA, and our IKE SA, should now send there. Reported once per new mapping, and only
+    for packets that passed the ICV and the replay window."""
+
+    protocol: str  #: "esp"
+    spi: int  #: the inbound SA's SPI
+    child: str  #: the SA's data plane child name
+    addr: str  #: the new source address (text)
+    port: int  #: the new UDP source port
+
+
+@dataclass(frozen=True, slots=True)
 class SaEventReport:
     """An SA event (lifetime, sequence exhaustion) seen by a worker."""
 
@@ -107,6 +128,7 @@ class InboundStatistics:
     nat_keepalives: int  #: 0xFF one-byte NAT keepalives on port 4500 (RFC 3948 2.3)
     non_esp: int  #: non-ESP-marker datagrams on 4500 (IKE: not the data plane's job)
     errors: tuple[tuple[str, int], ...]  #: PacketError counters, bad_spi_packets included
+    nat_mappings: int = 0  #: NatMapping reports made (verified ESP from a new address/port)
 
 
 class _OutSa:
@@ -165,6 +187,24 @@ class OutboundPipeline:
             held = self._held.pop(key)
             self._read -= len(held)  # counted again by process
             self.process(list(held), now)
+
+    def set_peer(self, protocol: str, spi: int, addr: str, port: int) -> bool:
+        """Send ``spi``'s ESP-in-UDP to ``(addr, port)`` from now on (the peer's NAT
+        mapping changed, RFC 7296 2.23). False if the SA is unknown or not in UDP, or the
+        address family would change (the outer header is built per SA)."""
+        out = self.by_ident.get((protocol, spi))
+        if out is None or not out.udp or not 0 < port < 65536:
+            return False
+        try:
+            version = ipaddress.ip_address(addr).version
+        except ValueError:
+            return False
+        if version != out.version:
+            return False
+        out.dst = addr
+        out.addr = (addr, port)
+        out.cfg = replace(out.cfg, dst=addr, encap_dport=port)
+        return True
 
     def remove_sa(self, protocol: str, spi: int) -> bool:
         out = self.by_ident.pop((protocol, spi), None)
@@ -285,18 +325,31 @@ def _drain_events(items: Any, direction: str, now: float) -> list[SaEventReport]
 class InboundPipeline:
     """ESP/AH from the sockets -> SA by SPI -> decapsulate -> TUN. Owns the inbound SAs."""
 
-    def __init__(self, sink: PacketSink) -> None:
+    def __init__(
+        self, sink: PacketSink, *, on_mapping: Callable[[NatMapping], None] | None = None
+    ) -> None:
         self.sink = sink
+        self.on_mapping = on_mapping
         #: (IP protocol number, SPI) -> (config, SA)
         self.sas: dict[tuple[int, int], tuple[Any, Any]] = {}
+        #: ESP SPI -> (packed address, UDP port) the SA's packets are known to come from
+        self._peers: dict[int, tuple[bytes, int]] = {}
         self._received = self._delivered = self._bytes = 0
-        self._keepalives = self._non_esp = 0
+        self._keepalives = self._non_esp = self._mappings = 0
         self.errors: dict[str, int] = {}
 
     def add_sa(self, cfg: Any, sa: Any) -> None:
         self.sas[(50 if cfg.protocol == "esp" else 51, cfg.spi)] = (cfg, sa)
+        if cfg.protocol == "esp" and getattr(cfg, "encap", None) == "udp":
+            try:
+                packed = ipaddress.ip_address(cfg.src).packed
+            except ValueError:
+                return
+            self._peers[cfg.spi] = (packed, cfg.encap_sport)
 
     def remove_sa(self, protocol: str, spi: int) -> bool:
+        if protocol == "esp":
+            self._peers.pop(spi, None)
         return self.sas.pop((50 if protocol == "esp" else 51, spi), None) is not None
 
     def process_ip4(self, packets: list[bytes], now: float) -> None:
@@ -338,10 +391,14 @@ class InboundPipeline:
         now: float,
         *,
         udp: bool = False,
+        ports: list[int] | None = None,
     ) -> None:
         """(payload, src, dst) triples: IPv6 raw ESP/AH payloads, or UDP 4500 datagrams.
 
-        Addresses are packed bytes (what the sockets give) or strings."""
+        Addresses are packed bytes (what the sockets give) or strings. ``ports``, for
+        UDP, holds each item's source port (index for index): a run of one SA that
+        verified from another (address, port) than known is reported (:class:`NatMapping`).
+        """
         self._received += len(items)
         sas = self.sas
         done: list[bytes] = []
@@ -376,7 +433,15 @@ class InboundPipeline:
                 j = i
                 while j < k and len(items[j][0]) >= 8 and unpack_spi(items[j][0])[0] == spi:
                     j += 1
-                sa.decapsulate_esp_batch(items[i - 1 : j], now, done, errors)
+                if ports is None:
+                    sa.decapsulate_esp_batch(items[i - 1 : j], now, done, errors)
+                else:
+                    before = len(done)
+                    sa.decapsulate_esp_batch(items[i - 1 : j], now, done, errors)
+                    # the run's last item: the newest mapping if the run spans a change
+                    peer = (items[j - 1][1], ports[j - 1])
+                    if len(done) > before and self._peers.get(spi, peer) != peer:
+                        self._mapping(found[0], spi, peer)
                 i = j
                 continue
             try:
@@ -390,6 +455,19 @@ class InboundPipeline:
             self._bytes += sum(map(len, done))
             self.sink.write_batch(done)
 
+    def _mapping(self, cfg: Any, spi: int, peer: tuple[Any, int]) -> None:
+        """Verified ESP of ``spi`` from a new (address, port): remember it, report once."""
+        addr = peer[0]
+        if isinstance(addr, str):  # items with text addresses (tests): compare packed
+            peer = (ipaddress.ip_address(addr).packed, peer[1])
+            if self._peers.get(spi) == peer:
+                return
+        self._peers[spi] = peer
+        self._mappings += 1
+        if self.on_mapping is not None:
+            text = str(ipaddress.ip_address(peer[0]))
+            self.on_mapping(NatMapping(cfg.protocol, spi, cfg.child, text, peer[1]))
+
     def tick(self, now: float) -> list[SaEventReport]:
         return _drain_events(self.sas.values(), "in", now)
 
@@ -399,7 +477,7 @@ class InboundPipeline:
     def statistics(self) -> InboundStatistics:
         return InboundStatistics(
             self._received, self._delivered, self._bytes, self._keepalives, self._non_esp,
-            tuple(sorted(self.errors.items())),
+            tuple(sorted(self.errors.items())), self._mappings,
         )  # fmt: skip
 
 

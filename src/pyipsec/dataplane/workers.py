@@ -15,7 +15,11 @@ each worker also gets a one-way *events* pipe for what the daemon must act on:
 ``("acquire", child, policy, src, dst)`` (first packet of a flow without an SA),
 ``("sa_event", kind, direction, protocol, spi)`` (lifetimes) and, from the inbound worker,
 ``("ike", data, (src, port), (dst, port))`` for IKE messages (non-ESP marker) that arrived
-on the UDP 4500 socket the data plane owns. Workers die with the service
+on the UDP 4500 socket the data plane owns (``port``: the real source port, a NAT's
+mapping of the peer's 4500) and ``("nat_mapping", protocol, spi, child, addr, port)`` when
+authenticated ESP-in-UDP of an inbound SA came from a new (address, port) (RFC 7296 2.23;
+the outbound worker's ``("set_peer", protocol, spi, addr, port)`` redirects an outbound
+SA's ESP-in-UDP there). Workers die with the service
 (PR_SET_PDEATHSIG), so a crash of the service never leaves a worker encrypting alone.
 This module is the I/O boundary: it reads the clock and passes ``now`` to the pipeline.
 """
@@ -200,6 +204,8 @@ class OutboundWorker(_Worker):
             return {"ok": True}
         if op == "del_sa":
             return {"ok": self.pipe.remove_sa(msg[1], msg[2])}
+        if op == "set_peer":  # ("set_peer", protocol, spi, addr, port): NAT mapping moved
+            return {"ok": self.pipe.set_peer(msg[1], msg[2], msg[3], int(msg[4]))}
         if op == "policies":
             self.spd.clear()
             for p in msg[1]:
@@ -249,7 +255,11 @@ class InboundWorker(_Worker):
         self.receivers = receivers  # (kind, socket): kind raw4 | esp6 | ah6 | udp
         self.selectors: dict[str, list[Any]] = {}
         self.generation = [0]  #: bumped when ``selectors`` changes (SA selector caches)
-        self.pipe = InboundPipeline(tun)
+        self.pipe = InboundPipeline(tun, on_mapping=self._mapping)
+
+    def _mapping(self, m: Any) -> None:
+        log.info("SA %08x: authenticated ESP from a new NAT mapping %s:%d", m.spi, m.addr, m.port)
+        _send_event(self.events, ("nat_mapping", m.protocol, m.spi, m.child, m.addr, m.port))
 
     def command(self, msg: tuple) -> Any:
         op = msg[0]
@@ -298,9 +308,9 @@ class InboundWorker(_Worker):
                 items = recv(sock, BATCH, ports)
                 if not items:
                     return False
-                rest = _split_ike(items, ports, local_port, events)
+                rest, ports = _split_ike(items, ports, local_port, events)
                 if rest:
-                    pipe.process_payloads(rest, proto, clock(), udp=True)
+                    pipe.process_payloads(rest, proto, clock(), udp=True, ports=ports)
                 return True
 
             return drain_udp
@@ -347,8 +357,9 @@ def _bound_port(sock: Any) -> int:
 
 def _split_ike(
     items: list[tuple[bytes, bytes, bytes]], ports: list[int], local_port: int, events: Any
-) -> list[tuple[bytes, bytes, bytes]]:
-    """Forward IKE messages (non-ESP marker, RFC 3948 2.2) to the daemon; keep the rest.
+) -> tuple[list[tuple[bytes, bytes, bytes]], list[int]]:
+    """Forward IKE messages (non-ESP marker, RFC 3948 2.2) to the daemon; keep the rest
+    and their ports.
 
     ``ports[i]`` is the UDP source port of ``items[i]``: the event carries the peer's
     real (address, port), which is its NAT's mapping of port 4500 when it sits behind a
@@ -356,19 +367,22 @@ def _split_ike(
     without IKE (the hot case) is returned as it is, without copying.
     """
     rest: list[tuple[bytes, bytes, bytes]] | None = None
+    rest_ports: list[int] = []
     marker = NON_ESP_MARKER
     for i, item in enumerate(items):
         data = item[0]
         if data[:4] == marker and len(data) > 4:
             if rest is None:
                 rest = items[:i]
+                rest_ports = ports[:i]
             family = socket.AF_INET6 if len(item[1]) == 16 else socket.AF_INET
             src = socket.inet_ntop(family, item[1])
             dst = socket.inet_ntop(family, item[2])
             _send_event(events, ("ike", data, (src, ports[i]), (dst, local_port)))
         elif rest is not None:
             rest.append(item)
-    return items if rest is None else rest
+            rest_ports.append(ports[i])
+    return (items, ports) if rest is None else (rest, rest_ports)
 
 
 def outbound_main(
