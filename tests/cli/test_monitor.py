@@ -41,6 +41,7 @@ STATUS = {
     "recent_failures": [
         {"when": "12:00:00", "peer": "10.0.0.3", "reason": "AUTHENTICATION_FAILED"}
     ],
+    "fallbacks": [{"connection": "all-ip", "child": "all-ip-1", "remote": "10.0.0.9", "for": 75}],
 }
 
 
@@ -81,6 +82,8 @@ def test_status_tables_and_json_agree(daemon) -> None:
     assert "Main Mode (IKE SAs): 1" in result.output
     assert "Quick Mode (Child SAs): 1" in result.output
     assert "c0ffee01" in result.output and "AUTHENTICATION_FAILED" in result.output
+    assert "In clear after unsecured fallback (no IPsec answer): 1" in result.output
+    assert "10.0.0.9 (all-ip/all-ip-1) for 75s" in result.output
     as_json = json.loads(run(path, "status", "--json").output)
     assert as_json == STATUS
 

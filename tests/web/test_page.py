@@ -97,3 +97,11 @@ def test_policy_line() -> None:
     empty = render_page({"policy": {"name": None, "source": "/etc/p.yaml"}}, {})
     assert "none applied" in empty and "last error" not in empty
     assert 'class="policy"' not in render_page({}, {})
+
+
+def test_fallbacks_section_only_when_some_host_is_in_clear() -> None:
+    assert "unsecured fallback" not in render_page({"fallbacks": []}, {})
+    row = {"connection": "all-ip", "child": "all-ip-1", "remote": "10.0.0.9", "for": 75}
+    page = render_page({"fallbacks": [row]}, {})
+    assert "In clear after unsecured fallback" in page
+    assert "10.0.0.9" in page and "75s" in page

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from pyipsec.cli.tables import main_mode_table, quick_mode_table, stats_table
+from pyipsec.cli.tables import human_seconds, main_mode_table, quick_mode_table, stats_table
 from pyipsec.control.client import ControlClient
 from pyipsec.control.protocol import DEFAULT_SOCKET
 
@@ -67,6 +67,15 @@ def status(socket_path: str, as_json: bool, watch: float | None) -> None:
         click.echo(f"Quick Mode (Child SAs): {len(result.get('child_sas', []))}")
         click.echo(quick_mode_table(result.get("child_sas", [])))
         _show_policy(result.get("policy"))
+        fallbacks = result.get("fallbacks") or []
+        if fallbacks:
+            click.echo("")
+            click.echo(f"In clear after unsecured fallback (no IPsec answer): {len(fallbacks)}")
+            for item in fallbacks:
+                click.echo(
+                    f"  {item.get('remote', '')} ({item.get('connection', '')}/"
+                    f"{item.get('child', '')}) for {human_seconds(item.get('for'))}"
+                )
         failures = result.get("recent_failures") or []
         if failures:
             click.echo("")

@@ -156,6 +156,13 @@ QUICK_MODE: list[Column] = [
     ("Rekey in", lambda r: esc(human_seconds(r.get("rekey_in"))), "num"),
 ]
 
+FALLBACKS: list[Column] = [
+    ("Host", _cell("remote"), ""),
+    ("Connection", _cell("connection"), ""),
+    ("Child", _cell("child"), ""),
+    ("In clear for", lambda row: esc(human_seconds(row.get("for"))), ""),
+]
+
 FAILURES: list[Column] = [
     ("When", _cell("when"), ""),
     ("Peer", _cell("peer"), ""),
@@ -333,6 +340,16 @@ def render_page(
                 "quick-mode",
             )
         )
+        fallbacks = _list(status.get("fallbacks"))
+        if fallbacks:
+            parts.append(
+                _section(
+                    "In clear after unsecured fallback",
+                    len(fallbacks),
+                    _table(FALLBACKS, fallbacks, "none"),
+                    "fallbacks",
+                )
+            )
         parts.append('<div class="grid">')
         parts.append(_section("Statistics", None, _statistics_table(statistics), "statistics"))
         parts.append(
