@@ -408,3 +408,26 @@ def test_set_peer_redirects_udp_sa_only():
     cfg = sa_cfg("out", spi=0x2002)
     raw.add_sa(cfg, cfg.build(), 0.0)
     assert raw.set_peer("esp", 0x2002, B4, 31077) is False  # raw ESP has no port
+
+
+def test_a_per_host_child_releases_what_its_connection_held_for_that_host():
+    """Connections toward many hosts: packets wait under the connection's child; the SA
+    of the per-host child ``<child>@<host>`` releases the packets to that host only."""
+    pols = [
+        parse_policy({"name": "host", "local": A4, "remote": B4, "action": "protect",
+                      "child": f"ab@{B4}", "priority": 10}),
+        parse_policy({"name": "any", "local": A4, "remote": "10.99.0.0/16",
+                      "action": "protect", "child": "ab"}),
+    ]  # fmt: skip
+    out, sender, acquires = out_pipe(pols[1:])
+    out.process([udp4(dst=B4), udp4(dst="10.99.5.5")], 1.0)
+    assert sorted(a.flow.dst for a in acquires) == sorted(
+        int(ipaddress.ip_address(x)) for x in (B4, "10.99.5.5")
+    )
+    out.spd.add(pols[0].entry)  # the daemon adds the host's entry, then its SA
+    cfg = SaConfig(spi=0x7777, src=A4, dst=B4, protocol="esp", mode="transport",
+                   algorithm="aes128gcm16", key=bytes(20), child=f"ab@{B4}",
+                   direction="out")  # fmt: skip
+    out.add_sa(cfg, cfg.build(), 2.0)
+    assert [dst for _, dst, _ in sender.ip] == [B4]  # the other host's packet still waits
+    assert out.statistics().held == 1

@@ -179,11 +179,19 @@ class OutboundPipeline:
 
     def add_sa(self, cfg: Any, sa: Any, now: float) -> None:
         """Install ``sa`` as the outbound SA of ``cfg.child`` (replacing the previous one,
-        which stays listed until removed) and release packets held for that child."""
+        which stays listed until removed) and release packets held for that child.
+
+        A per-host child ``<conn>/<child>@<host>`` (a connection toward many hosts: the
+        packets were held under the connection's child ``<conn>/<child>``) also releases
+        what was held for that host; released packets go through the SPD again."""
         out = _OutSa(sa, cfg)
         self.by_ident[(cfg.protocol, cfg.spi)] = out
         self.by_child[cfg.child] = out
-        for key in [k for k in self._held if k[0] == cfg.child]:
+        generic, at, _ = cfg.child.partition("@")
+        host = int(ipaddress.ip_address(cfg.dst)) if at else None
+        for key in [
+            k for k in self._held if k[0] == cfg.child or (k[0] == generic and k[1] == host)
+        ]:
             held = self._held.pop(key)
             self._read -= len(held)  # counted again by process
             self.process(list(held), now)
