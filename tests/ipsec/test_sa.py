@@ -246,71 +246,6 @@ def test_statistics_snapshot_is_frozen() -> None:
     assert s.packets_out == 0 and tx.statistics().packets_out == 1
 
 
-FUZZ_SAS = [
-    dict(
-        algorithm="aes128gcm16",
-        key=KEY,
-        mode="tunnel",
-        tunnel_src="192.0.2.1",
-        tunnel_dst="192.0.2.2",
-    ),
-    dict(algorithm="aes128-sha256", key=os.urandom(48), encap="udp"),
-    dict(protocol="ah", algorithm="sha256", key=os.urandom(32)),
-    dict(
-        algorithm="chacha20poly1305",
-        key=os.urandom(36),
-        esn=True,
-        mode="tunnel",
-        tunnel_src="2001:db8::1",
-        tunnel_dst="2001:db8::2",
-    ),
-]
-
-
-def _mutations():
-    from hypothesis import strategies as st
-
-    base = [
-        SecurityAssociation(0x777, **kw).encapsulate(p)
-        for kw in FUZZ_SAS
-        for p in (PKT, bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP()))
-    ]
-    return st.one_of(
-        st.binary(max_size=200),
-        st.tuples(st.sampled_from(base), st.integers(0, 300), st.binary(max_size=8)).map(
-            lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + len(t[2]) :]
-        ),
-        st.tuples(st.sampled_from(base), st.integers(0, 300)).map(lambda t: t[0][: t[1]]),
-    )
-
-
-def test_fuzz_decapsulate_raises_only_packet_errors() -> None:
-    from hypothesis import given, settings
-
-    from pyipsec.errors import PacketError
-
-    sas = [SecurityAssociation(0x777, **kw) for kw in FUZZ_SAS]
-
-    @settings(max_examples=400, deadline=None)
-    @given(data=_mutations())
-    def run(data: bytes) -> None:
-        for sa in sas:
-            before = sa.statistics()
-            try:
-                sa.decapsulate(data)
-            except PacketError:
-                after = sa.statistics()
-                assert after.errors == before.errors + 1
-                assert after.replay_top == before.replay_top
-            if sa.protocol == "esp":
-                try:
-                    sa.decapsulate_esp(data, "192.0.2.1", "192.0.2.2")
-                except PacketError:
-                    pass
-
-    run()
-
-
 def test_time_limits_noticed_by_traffic_alone() -> None:
     tx, rx = pair(lifetime=Lifetime(soft_seconds=10, hard_seconds=20), now=0.0)
     w = tx.encapsulate(PKT, now=12.0)  # past the soft limit: event, packet still sent
@@ -330,28 +265,6 @@ def test_weak_algorithm_is_logged(caplog: pytest.LogCaptureFixture) -> None:
         SecurityAssociation(0x778, algorithm="aes128gcm16", key=KEY)
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and "3des-sha1" in msgs[0] and "0x00000777" in msgs[0]
-
-
-@pytest.mark.parametrize("inner_v", [4, 6])
-def test_tunnel_next_header_must_match_inner_version(inner_v: int) -> None:
-    """A valid ICV around an IPv6 packet labelled next header 4 (or the reverse) is
-    refused on the hot path and the general path alike."""
-    from scapy.layers.inet6 import IPv6
-
-    _, rx = pair()
-    inner = bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP() / b"abcd") if inner_v == 6 else PKT
-    wrong_nh = 4 if inner_v == 6 else 41
-    pad = -(len(inner) + 2) % 4
-    pt = inner + bytes(range(1, pad + 1)) + bytes([pad, wrong_nh])
-    import struct as _s
-
-    hdr = _s.pack("!II", rx.spi, 1)
-    a, b = rx._proc._t.seal(1, hdr, pt)
-    wire = bytes(IP(src="192.0.2.1", dst="192.0.2.2", proto=50) / (hdr + a + b))
-    with pytest.raises(Exception) as e:
-        rx.decapsulate(wire)
-    assert type(e.value).__name__ == "MalformedPacket"
-    assert rx.statistics().packets_in == 0 and rx.statistics().malformed_packets == 1
 
 
 @pytest.mark.parametrize("name", ["aes128gcm16", "aes128-sha256", "sha256", "aes128gmac"])
@@ -415,26 +328,6 @@ def test_hot_path_output_equals_general_path(cfg: dict, name: str) -> None:
     assert rx.statistics().packets_in == 6 == rx_slow.statistics().packets_in
 
 
-@pytest.mark.parametrize("cfg", HOT_CONFIGS, ids=["tunnel4", "tunnel4-udp", "tunnel6", "transport"])
-def test_hot_path_every_flipped_byte_rejected(cfg: dict) -> None:
-    key = os.urandom(20)
-    tx = SecurityAssociation(0x902, algorithm="aes128gcm16", key=key, **cfg)
-    rx = SecurityAssociation(0x902, algorithm="aes128gcm16", key=key, **cfg)
-    pkt = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"hot path")
-    wire = tx.encapsulate(pkt)
-    off, _, _ = rx._proc.locate(wire)
-    from pyipsec.errors import PacketError
-
-    for i in range(off, len(wire)):
-        bad = bytearray(wire)
-        bad[i] ^= 0x04
-        with pytest.raises(PacketError):
-            rx.decapsulate(bytes(bad))
-    s = rx.statistics()
-    assert s.errors == len(wire) - off and s.packets_in == 0 and s.replay_top == 0
-    assert rx.decapsulate(wire)[-8:] == b"hot path"
-
-
 TUNNEL_CONFIGS = [HOT_CONFIGS[1], HOT_CONFIGS[2]]
 
 
@@ -467,85 +360,3 @@ def test_esp_message_hot_path_equals_general_path(cfg: dict, name: str, inner_v:
     s = rx.statistics()
     assert s.packets_in == 6 and s.errors == 0 and s.replay_top == 6
     assert tx.statistics().packets_out == 6 and tx.statistics().sequence_out == 6
-
-
-def test_esp_message_hot_path_rejects_and_counts() -> None:
-    """Flipped bytes, replays, an unknown SPI and an expired SA on the hot path: each
-    raises, is counted, and leaves the replay window and counters alone."""
-    from pyipsec.errors import IntegrityError, PacketError, ReplayedPacket, UnknownSpi
-
-    tx, rx = pair(encap="udp")
-    a, b = b"\xc0\0\2\1", b"\xc0\0\2\2"
-    msgs = [tx.encapsulate_esp(PKT) for _ in range(3)]
-    for i in range(len(msgs[0])):
-        bad = bytearray(msgs[0])
-        bad[i] ^= 0x01
-        with pytest.raises(PacketError):
-            rx.decapsulate_esp(bytes(bad), a, b)
-    assert rx.statistics().packets_in == 0 and rx.statistics().replay_top == 0
-    flipped = rx.statistics().errors
-    assert flipped == len(msgs[0])  # seq flipped to 0 counts as replayed, others as ICV
-    assert rx.decapsulate_esp(msgs[1], a, b) == PKT
-    with pytest.raises(ReplayedPacket):
-        rx.decapsulate_esp(msgs[1], a, b)
-    assert rx.decapsulate_esp(msgs[0], a, b) == PKT  # in the window, not seen: accepted
-    assert rx.decapsulate_esp(msgs[2], a, b) == PKT
-    other = SecurityAssociation(0x778, mode="tunnel", algorithm="aes128gcm16", key=KEY,
-                                tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2")  # fmt: skip
-    with pytest.raises(UnknownSpi):
-        rx.decapsulate_esp(other.encapsulate_esp(PKT), a, b)
-    s = rx.statistics()
-    assert s.packets_in == 3 and s.replay_top == 3 and s.errors == flipped + 2
-    fresh = tx.encapsulate_esp(PKT)
-    bad = bytearray(fresh)
-    bad[-1] ^= 1
-    with pytest.raises(IntegrityError):
-        rx.decapsulate_esp(bytes(bad), a, b)
-    assert rx.statistics().replay_top == 3
-
-
-class _CountingSelectors:
-    """Selectors with a generation: the SA may cache their answers per flow."""
-
-    def __init__(self, allowed: str) -> None:
-        self.allowed = allowed
-        self.generation = 0
-        self.calls = 0
-
-    def matches(self, flow: Flow) -> bool:
-        import ipaddress
-
-        self.calls += 1
-        return str(ipaddress.ip_address(flow.dst)) == self.allowed
-
-
-def test_selector_answers_cached_per_flow_until_the_generation_changes() -> None:
-    sel = _CountingSelectors("10.0.0.2")
-    tx, _ = pair(encap="udp")
-    kw = dict(tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2", selectors=sel)
-    rx = SecurityAssociation(0x777, mode="tunnel", algorithm="aes128gcm16", key=KEY, **kw)
-    a = b"\0" * 4
-    for _ in range(5):
-        assert rx.decapsulate_esp(tx.encapsulate_esp(PKT), a, a) == PKT
-    assert sel.calls == 1  # one flow: matched once
-    other = bytes(IP(src="10.0.0.1", dst="10.0.0.3") / UDP(sport=1, dport=2) / b"x")
-    with pytest.raises(SelectorMismatch):
-        rx.decapsulate_esp(tx.encapsulate_esp(other), a, a)
-    with pytest.raises(SelectorMismatch):
-        rx.decapsulate_esp(tx.encapsulate_esp(other), a, a)
-    assert sel.calls == 2 and rx.statistics().selector_mismatch_packets == 2
-    sel.allowed = "10.0.0.3"  # the policy changed ...
-    with pytest.raises(SelectorMismatch):  # ... but the generation did not: cached answer
-        rx.decapsulate_esp(tx.encapsulate_esp(other), a, a)
-    sel.generation += 1
-    assert rx.decapsulate_esp(tx.encapsulate_esp(other), a, a) == other
-    with pytest.raises(SelectorMismatch):
-        rx.decapsulate_esp(tx.encapsulate_esp(PKT), a, a)
-    s = rx.statistics()
-    assert s.packets_in == 6 and s.selector_mismatch_packets == 4
-    # ICMP has no cache key: matched on every packet
-    ping = bytes(IP(src="10.0.0.1", dst="10.0.0.3") / b"\x08\0\0\0\0\0\0\0")
-    calls = sel.calls
-    rx.decapsulate_esp(tx.encapsulate_esp(ping), a, a)
-    rx.decapsulate_esp(tx.encapsulate_esp(ping), a, a)
-    assert sel.calls == calls + 2
