@@ -45,6 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "interop"))  # ikedriver (mixed)
 
 from strongswan import Charon, Child, Connection, NetnsPair, Psk, run, stop_process  # noqa: E402
 
@@ -363,9 +364,10 @@ def bench_mixed(result: Result, args: argparse.Namespace, workdir: Path) -> None
     reason = pyipsec_available()
     if reason:
         raise Skip(reason)
+    from ikedriver import IkeDriver, static_sa_yaml, write_secret_file
+
     from pyipsec.ike.config import AuthConfig, ChildConfig, EndpointConfig, PeerConfig
     from pyipsec.ike.events import ChildSaInstalled
-    from pyipsec_peer import IkePeer, static_sa_yaml, write_secret_file
 
     psk = os.urandom(32)
     child = ChildConfig(
@@ -384,11 +386,11 @@ def bench_mixed(result: Result, args: argparse.Namespace, workdir: Path) -> None
     with (
         netns_pair(),
         Charon(NS_B, [conn], [Psk(ids=("a@bench", "b@bench"), secret=psk)]) as charon,
-        IkePeer(NS_A, OUTER_A, EndpointConfig(peers=(peer,), local_addr=OUTER_A)) as ike,
+        IkeDriver(NS_A, OUTER_A, EndpointConfig(peers=(peer,), local_addr=OUTER_A)) as ike,
         contextlib.ExitStack() as stack,
     ):
-        ike.endpoint.initiate(peer, child, time.time())
-        installed = ike.wait_for(ChildSaInstalled)
+        ike.call(lambda ep, now: ep.initiate(peer, child, now))
+        installed = ike.wait_event(ChildSaInstalled)
         charon.wait_established("bench")
         ike.release_nat_t_port()
         path = workdir / "static-mixed-a.yaml"

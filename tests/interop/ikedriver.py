@@ -1,15 +1,16 @@
 """Run pyipsec's sans-I/O IkeEndpoint on real UDP sockets inside a network namespace.
 
-The interop tests (issue 6) put charon in one namespace and pyipsec's IKE engine in the
-other. The engine runs in the test process itself, on a background thread: its sockets are
-opened *inside* the namespace by switching the calling thread's network namespace with
-setns(2) just for the ``socket()``/``bind()`` calls (a socket belongs to the namespace it
-was created in, for its whole life), then switching back. So the test reads events and
-statistics directly, with no subprocess protocol in between.
+The interop tests (issue 6) and bench/tunnel_bench.py (``mixed``) put charon in one
+namespace and pyipsec's IKE engine in the other. The engine runs in the test process
+itself, on a background thread: its sockets are opened *inside* the namespace by switching
+the calling thread's network namespace with setns(2) just for the ``socket()``/``bind()``
+calls (a socket belongs to the namespace it was created in, for its whole life), then
+switching back. So the test reads events and statistics directly, with no subprocess
+protocol in between.
 
-* UDP 500 and 4500 on the local address; on 4500 IKE messages carry the 4-byte non-ESP
-  marker (RFC 3948 2.2); datagrams without it are ESP in UDP (counted, dropped: this
-  driver has no data plane), a lone 0xFF is a NAT-T keepalive.
+* UDP 500 and 4500 on the local address (IPv4 or IPv6); on 4500 IKE messages carry the
+  4-byte non-ESP marker (RFC 3948 2.2); datagrams without it are ESP in UDP (counted,
+  dropped: this driver has no data plane), a lone 0xFF is a NAT-T keepalive.
 * ``now`` is ``time.time()``; the loop sleeps until the next datagram or the endpoint's
   timer.
 * Commands run on the loop thread: ``driver.call(lambda ep, now: ep.initiate(...))``.
@@ -18,6 +19,12 @@ statistics directly, with no subprocess protocol in between.
   indistinguishable from a crashed pyipsec (no DELETE, no more answers).
 * Every event and datagram is logged (never keys: events' key fields are left out) for the
   results folder (:meth:`IkeDriver.save_artifacts`).
+* Handing a negotiated Child SA to pyipsec's data plane without the daemon:
+  :meth:`IkeDriver.release_nat_t_port` closes UDP 4500 so that ``pyipsec dataplane
+  --static`` can bind it for ESP in UDP (the IKE SA gets no more messages on 4500 after
+  that: fine for tests that stop there), and :func:`static_sa_yaml` /
+  :func:`write_secret_file` write that data plane's SA file from the
+  :class:`~pyipsec.ike.events.ChildSaInstalled` event.
 
 Use::
 
@@ -41,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from pyipsec.ike import EndpointConfig, IkeEndpoint
-from pyipsec.ike.events import IkeEvent
+from pyipsec.ike.events import ChildSaInstalled, IkeEvent
+from pyipsec.wire.esp import NON_ESP_MARKER
 
-NON_ESP_MARKER = b"\0\0\0\0"
 CLONE_NEWNET = 0x40000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -67,7 +74,8 @@ def sockets_in_netns(ns: str, binds: list[tuple[str, int]]) -> list[socket.socke
         _setns(target)
         try:
             for addr, port in binds:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+                s = socket.socket(family, socket.SOCK_DGRAM)
                 socks.append(s)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((addr, port))
@@ -112,6 +120,7 @@ class IkeDriver:
         self._sent_anything = True
         self._thread: threading.Thread | None = None
         self._socks: dict[int, socket.socket] = {}
+        self._sel: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._t0 = time.time()
 
@@ -152,6 +161,22 @@ class IkeDriver:
         for s in self._socks.values():
             s.close()
         self._socks = {}
+
+    def release_nat_t_port(self) -> None:
+        """Send what is pending, then close UDP 4500 so that a data plane can bind it.
+
+        From then on the endpoint gets no messages on 4500, and what it would send from
+        there is dropped (and logged)."""
+        self.call(lambda ep, now: self._close_port(4500, now))
+
+    def _close_port(self, port: int, now: float) -> None:
+        self._flush(now)
+        sock = self._socks.pop(port, None)
+        if sock is not None:
+            if self._sel is not None:
+                self._sel.unregister(sock)
+            sock.close()
+            self._note(f"closed :{port}")
 
     @property
     def alive(self) -> bool:
@@ -234,7 +259,7 @@ class IkeDriver:
         self.log.append(f"{time.time() - self._t0:8.3f} {line}")
 
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel = selectors.DefaultSelector()
         for port, s in self._socks.items():
             sel.register(s, selectors.EVENT_READ, port)
         sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -272,6 +297,7 @@ class IkeDriver:
                 self.log.append("driver crashed:\n" + self.error)
         finally:
             sel.close()
+            self._sel = None
             with self._cond:
                 self._cond.notify_all()
 
@@ -279,6 +305,7 @@ class IkeDriver:
         for _ in range(64):
             try:
                 data, addr = sock.recvfrom(65535)
+                addr = addr[:2]  # IPv6: (address, port, flowinfo, scope id)
             except BlockingIOError:
                 return
             except OSError as exc:  # ICMP errors surface here (ECONNREFUSED)
@@ -304,7 +331,10 @@ class IkeDriver:
         ep = self.endpoint
         for data, dst, local in ep.datagrams_to_send_from(now):
             port = local[1] if local is not None else (4500 if dst[1] == 4500 else 500)
-            sock = self._socks[4500 if port == 4500 else 500]
+            sock = self._socks.get(4500 if port == 4500 else 500)
+            if sock is None:  # 4500 released to a data plane
+                self._note(f"-> {dst[0]}:{dst[1]} from :{port} {len(data)} bytes NO SOCKET")
+                continue
             if self.drop_out is not None and self.drop_out(data, dst):
                 self.dropped += 1
                 self._note(f"-> {dst[0]}:{dst[1]} from :{port} {len(data)} bytes DROPPED")
@@ -325,3 +355,35 @@ class IkeDriver:
         if new:
             with self._cond:
                 self._cond.notify_all()
+
+
+def static_sa_yaml(
+    sa: ChildSaInstalled, *, local_ts: str, remote_ts: str, child: str | None = None
+) -> str:
+    """The ``pyipsec dataplane --static`` file for a negotiated Child SA (both directions,
+    one PROTECT policy ``local_ts`` <-> ``remote_ts``). Holds keys: write it 0600."""
+    name = child or sa.child
+    encap = "udp" if sa.encap_udp else "none"
+    out = []
+    for spi, src, dst, key, direction in (
+        (sa.outbound_spi, sa.local_addr, sa.remote_addr, sa.outbound_key, "out"),
+        (sa.inbound_spi, sa.remote_addr, sa.local_addr, sa.inbound_key, "in"),
+    ):
+        out.append(
+            f"  - spi: {spi}\n    src: {src}\n    dst: {dst}\n    protocol: {sa.protocol}\n"
+            f'    mode: {sa.mode}\n    algorithm: {sa.algorithm}\n    key: "{key.hex()}"\n'
+            f"    encap: {encap}\n    esn: {'true' if sa.esn else 'false'}\n"
+            f"    child: {name}\n    direction: {direction}\n"
+        )
+    policy = (
+        f"  - name: {name}\n    local: {local_ts}\n    remote: {remote_ts}\n"
+        f"    action: protect\n    child: {name}\n"
+    )
+    return "sas:\n" + "".join(out) + "policies:\n" + policy
+
+
+def write_secret_file(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` created 0600 (it holds keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -3,7 +3,7 @@ charon over IPv6, pyipsec's user-space data plane carries the traffic of the neg
 Child SA, and charon's kernel-libipsec is the other end of the ESP-in-UDP tunnel.
 
 Both directions of IKE: pyipsec initiates to charon, and charon initiates to pyipsec.
-The IKE side runs in the test process through tests/pyipsec_peer.py; the data plane is
+The IKE side runs in the test process through tests/interop/ikedriver.py; the data plane is
 ``pyipsec dataplane --static`` fed with the keys IKE negotiated. Checks: both sides agree
 on SPIs and algorithms, ping and a 20 MB hash-checked TCP transfer cross the tunnel,
 charon counts the bytes it decrypted, and a capture on the veth shows only UDP 4500
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import strongswan  # noqa: E402
 from netns import Host, start_transfer  # noqa: E402
@@ -92,8 +93,9 @@ def _wait_for_tun(ns: str, proc: subprocess.Popen, timeout: float = 20.0) -> Non
 @pytest.mark.parametrize("side", ["pyipsec", "charon"])
 @pytest.mark.parametrize(("esp", "family"), [("aes128gcm16", 6)])
 def test_pyipsec_and_charon_tunnel(side: str, esp: str, family: int, tmp_path: Path) -> None:
+    from ikedriver import IkeDriver, static_sa_yaml, write_secret_file
+
     from pyipsec.ike.events import ChildSaInstalled, IkeSaUp
-    from pyipsec_peer import IkePeer, static_sa_yaml, write_secret_file
 
     outer_a, outer_b, inner_a, inner_b, plen = ADDRS[family]
     psk = os.urandom(32)
@@ -111,14 +113,14 @@ def test_pyipsec_and_charon_tunnel(side: str, esp: str, family: int, tmp_path: P
     )  # fmt: skip
     charon = Charon(NS_B, [conn_b], [Psk(ids=("a@pyi", "b@pyi"), secret=psk)])
     dataplane = None
-    with pair, charon, IkePeer(NS_A, outer_a, endpoint_config) as ike:
+    with pair, charon, IkeDriver(NS_A, outer_a, endpoint_config) as ike:
         # IKE: pyipsec <-> charon
         if side == "pyipsec":
-            ike.endpoint.initiate(peer, child, time.time())
+            ike.call(lambda ep, now: ep.initiate(peer, child, now))
         else:
-            charon.initiate_background("t-c")  # we keep stepping pyipsec meanwhile
-        up = ike.wait_for(IkeSaUp)
-        installed = ike.wait_for(ChildSaInstalled)
+            charon.initiate_background("t-c")  # pyipsec answers on its driver thread
+        up = ike.wait_event(IkeSaUp)
+        installed = ike.wait_event(ChildSaInstalled)
         sa_b = charon.wait_established("t-c")
         assert up.initiator == (side == "pyipsec")
         assert installed.mode == "tunnel" and installed.encap_udp
