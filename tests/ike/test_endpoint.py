@@ -441,3 +441,57 @@ def test_unknown_own_addresses_still_negotiate_transport_mode():
     assert [str(t) for t in ca.remote_ts] == ["192.0.2.2"]
     assert not ca.encap_udp and not cb.encap_udp
     assert ca.local_addr == "192.0.2.1" and cb.local_addr == "192.0.2.2"
+
+
+def _nat_pair():
+    ca = ChildConfig("c", mode="tunnel", local_ts=("10.1.0.0/16",), remote_ts=("10.2.0.0/16",))
+    cb = ChildConfig("c", mode="tunnel", local_ts=("10.2.0.0/16",), remote_ts=("10.1.0.0/16",))
+    p = Pair(
+        peer_config("to-b", B_ADDR[0], children=(ca,)), peer_config("to-a", "%any", children=(cb,))
+    )
+    p.a_public = ("198.51.100.7", 31000)  # a is behind a NAT
+    p.connect()
+    return p
+
+
+def test_peer_moved_follows_a_new_nat_mapping():
+    """Verified ESP from a new NAT mapping (RFC 7296 2.23): the side that is not behind a
+    NAT moves its IKE SA there and learns which outbound SAs to redirect."""
+    p = _nat_pair()
+    hb = p.of("b", IkeSaUp)[0].ike_sa
+    (child_b,) = p.of("b", ChildSaInstalled)
+    moved = ("198.51.100.7", 31077)
+    assert p.b.peer_moved(hb, moved, p.now) == [child_b.outbound_spi]
+    assert p.b.ike_sas()[0].remote_addr == moved
+    assert p.b.statistics().counter("nat_mapping_updates") == 1
+    assert p.b.peer_moved(hb, moved, p.now) == [child_b.outbound_spi]  # already there
+    assert p.b.statistics().counter("nat_mapping_updates") == 1
+    # B's next request goes to the new mapping
+    p.a_public = moved
+    p.b.rekey_child(hb, "c", p.now)
+    out = p.b.datagrams_to_send_from(p.now)
+    assert out and {dst for _, dst, _ in out} == {moved}
+    for data, dst, local in out:
+        p.net.send(data, (B_ADDR[0], local[1] if local else 500), dst, p.now)
+    p.advance(10)
+    newest = p.of("b", ChildSaInstalled)[-1]
+    assert newest.rekeyed_from == child_b.outbound_spi and newest.remote_port == 31077
+
+
+def test_peer_moved_refused_where_it_is_unsafe_or_meaningless():
+    p = _nat_pair()
+    ha = p.of("a", IkeSaUp)[0].ike_sa
+    hb = p.of("b", IkeSaUp)[0].ike_sa
+    before_a = p.a.ike_sas()[0].remote_addr
+    # a is behind a NAT itself: it SHOULD NOT follow (a single packet could break it)
+    assert p.a.peer_moved(ha, ("192.0.2.99", 4500), p.now) == []
+    assert p.a.ike_sas()[0].remote_addr == before_a
+    assert p.b.peer_moved(hb, ("2001:db8::7", 31077), p.now) == []  # family change
+    assert p.b.peer_moved(hb, ("198.51.100.7", 0), p.now) == []
+    assert p.b.peer_moved(999, ("198.51.100.7", 31077), p.now) == []
+    assert p.b.ike_sas()[0].remote_addr == ("198.51.100.7", 31000)
+    plain = Pair()  # no NAT, no encapsulation: there is no mapping to follow
+    plain.connect()
+    hp = plain.of("b", IkeSaUp)[0].ike_sa
+    assert plain.b.peer_moved(hp, (A_ADDR[0], 4500), plain.now) == []
+    assert plain.b.statistics().counter("nat_mapping_updates") == 0

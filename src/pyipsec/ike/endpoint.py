@@ -304,6 +304,31 @@ class IkeEndpoint:
         if sa is not None:
             sa.last_recv = max(sa.last_recv, now)
 
+    def peer_moved(self, ike_sa: int, addr: tuple[str, int], now: float) -> list[int]:
+        """Authenticated, new (replay-checked) ESP-in-UDP of one of this IKE SA's Child SAs
+        arrived from ``addr``: the peer's NAT changed its mapping (RFC 7296 2.23). A host
+        that is not itself behind a NAT SHOULD then send everything there; so the IKE SA
+        moves to ``addr`` and the outbound SPIs of its Child SAs are returned, for the
+        data plane to redirect. Returns [] (and changes nothing) when we are behind a NAT
+        ourselves, the SA runs no UDP encapsulation, is not established, or the address
+        family would change."""
+        sa = self._by_handle.get(ike_sa)
+        if sa is None or sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYING):
+            return []
+        if sa.nat_local or not (sa.nat_remote or self._force_encap(sa)):
+            return []
+        if (":" in addr[0]) != (":" in sa.remote_addr[0]) or not 0 < addr[1] < 65536:
+            return []
+        if sa.remote_addr != addr:
+            sa.remote_addr = (addr[0], addr[1])
+            self.stats["nat_mapping_updates"] += 1
+        sa.last_recv = max(sa.last_recv, now)
+        return [
+            c.outbound_spi
+            for c in sa.children
+            if c.state in (ChildState.INSTALLED, ChildState.REKEYING)
+        ]
+
     # ------------------------------------------------------------------ introspection
     def ike_sas(self) -> list[IkeSaStatistics]:
         return [sa.statistics() for sa in self._by_handle.values()]
