@@ -17,6 +17,7 @@ receive path now reports.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -51,8 +52,10 @@ def nat():
 def _set_nat(router: Host, outside: str, low: int, high: int) -> None:
     """(Re)write R's NAT table: A's UDP leaves from ``outside``:``low``-``high``; anything
     else from A's network that would cross is dropped (only IKE and ESP-in-UDP may)."""
-    router.run("nft", "delete", "table", "ip", "pyi_nat", check=False)
+    # one transaction (nft -f is atomic): no packet ever crosses without the NAT
     rules = f"""
+table ip pyi_nat
+delete table ip pyi_nat
 table ip pyi_nat {{
     chain out_nat {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -67,7 +70,15 @@ table ip pyi_nat {{
     router.run("nft", "-f", "-", input=rules.encode())
 
 
-def _write(topo: Topology, side: str, root: str, extra: dict[str, Any]) -> DaemonRun:
+def _flush_conntrack(router: Host) -> None:
+    """Forget every NAT mapping on R (``conntrack -F``, through pyroute2's netlink)."""
+    code = "from pyroute2 import Conntrack\nc = Conntrack()\nc.flush()\nc.close()\n"
+    router.run(sys.executable, "-c", code)
+
+
+def _write(
+    topo: Topology, side: str, root: str, extra: dict[str, Any], child: dict[str, Any]
+) -> DaemonRun:
     me = {"a": topo.a.addr4, "b": topo.c.addr4}[side]
     remote = [topo.c.addr4] if side == "a" else ["%any"]
     local_ts, remote_ts = (INNER_A, INNER_B) if side == "a" else (INNER_B, INNER_A)
@@ -98,6 +109,7 @@ def _write(topo: Topology, side: str, root: str, extra: dict[str, Any]) -> Daemo
                         "local_ts": [f"{local_ts}/32"],
                         "remote_ts": [f"{remote_ts}/32"],
                         "start_action": "trap",
+                        **child,
                     }
                 },
             }
@@ -110,10 +122,10 @@ def _write(topo: Topology, side: str, root: str, extra: dict[str, Any]) -> Daemo
     return DaemonRun(host, directory, config, sock, os.path.join(directory, "log"))
 
 
-def _daemons(topo: Topology, extra: dict[str, Any] | None = None) -> tuple[DaemonRun, DaemonRun]:
+def _daemons(topo: Topology, child_a: dict[str, Any] | None = None) -> tuple[DaemonRun, DaemonRun]:
     root = tempfile.mkdtemp(prefix="pyi-natport-")
-    a = _write(topo, "a", root, extra or {})
-    b = _write(topo, "b", root, extra or {})
+    a = _write(topo, "a", root, {}, child_a or {})
+    b = _write(topo, "b", root, {}, {})
     b.start()
     a.start()
     return a, b
@@ -195,3 +207,41 @@ def test_ike_and_esp_follow_the_nat_mapped_port(nat) -> None:
     assert child["encap"] is True and child["mode"] == "tunnel"
     assert child["bytes_in"] >= SIZE
     assert status["ike_sas"][0]["remote_addr"] == outside
+
+
+def test_nat_mapping_change_mid_session_recovers(nat) -> None:
+    """R's mapping of A changes during a transfer (new port range, conntrack flushed):
+    B must follow A to the new port (RFC 7296 2.23); the transfer completes intact.
+
+    A rekeys its Child SA every 6 s, so an authenticated IKE request from the new port
+    reaches B within that time (B's IKE SA moves there, the new Child SA's ESP-in-UDP goes
+    there). Verified ESP from the new port is also reported by B's data plane
+    (``nat_mapping`` event), which lets the daemon follow sooner."""
+    topo = nat
+    outside, me = topo.b_c4, topo.c.addr4
+    a, b = _daemons(topo, child_a={"rekey_time": "6s", "life_time": "30s"})
+    _wait_ping(topo, a, b)
+    b.wait_child()
+    cap = topo.capture(topo.c, "eth0", snaplen=200)
+    transfer = start_transfer(topo.c, topo.a, INNER_B, SIZE, marker=MARKER, source=INNER_A,
+                              rate=1_000_000, timeout=120)  # fmt: skip
+    time.sleep(2.0)
+    _set_nat(topo.b, outside, 31000, 31100)
+    _flush_conntrack(topo.b)
+    sent, received = transfer.wait(timeout=180)
+    frames = cap.stop_raw()
+    assert sent == received, "the transfer arrived damaged"
+    assert sent[0] == SIZE
+    flows, marker, protos = _udp_flows(frames, outside, me)
+    # R answers B's datagrams to the forgotten mapping with ICMP port unreachable
+    assert marker is False and protos <= {17, 1} and 17 in protos, protos
+    old = _nat_port(flows, outside, me, 4500) & set(range(30000, 30101))
+    new = _nat_port(flows, outside, me, 4500) & set(range(31000, 31101))
+    assert len(old) == 1 and len(new) == 1, flows
+    # B followed: it sent ESP-in-UDP / IKE to the new mapping
+    from_b = {f[3] for f in flows if f[0] == me and f[1] == 4500}
+    assert new <= from_b, flows
+    print(f"mapping moved {old} -> {new}; B sent to {sorted(from_b)}")
+    status = b.status()
+    assert status["ike_sas"][0]["remote_addr"] == outside
+    assert all(c["encap"] for c in status["child_sas"])
