@@ -245,3 +245,5 @@ def test_nat_mapping_change_mid_session_recovers(nat) -> None:
     status = b.status()
     assert status["ike_sas"][0]["remote_addr"] == outside
     assert all(c["encap"] for c in status["child_sas"])
+    # B's data plane saw authenticated ESP from the new mapping (reported to the daemon)
+    assert b.call("statistics").get("nat_mappings", 0) >= 1
