@@ -381,6 +381,22 @@ def test_unverified_or_replayed_esp_never_moves_the_mapping():
     assert reports == [] and tun.written == pkts[:2]
     assert inn.errors == {"replayed_packets": 1, "packets_not_authenticated": 1}
     assert inn.statistics().nat_mappings == 0
+    # a forged packet from a new port right behind a genuine one (one run of the SPI):
+    # the genuine one verifies, but says nothing about the new port
+    pkts2, dgrams2 = _wire(out, sender, 2)
+    forged = bytearray(dgrams2[1])
+    forged[-1] ^= 1
+    inn.process_payloads([(dgrams2[0], nat, me), (bytes(forged), other, me)], 50, 1.0,
+                         udp=True, ports=[31000, 40000])  # fmt: skip
+    assert tun.written == pkts[:2] + pkts2[:1] and reports == []
+    # genuine packets from the new mapping, mixed in one run with old ones: the run is
+    # no evidence either way; a run wholly from the new mapping is
+    pkts3, dgrams3 = _wire(out, sender, 3)
+    inn.process_payloads([(dgrams3[0], nat, me), (dgrams3[1], other, me)], 50, 1.0,
+                         udp=True, ports=[31000, 40000])  # fmt: skip
+    assert reports == []
+    inn.process_payloads([(dgrams3[2], other, me)], 50, 1.0, udp=True, ports=[40000])
+    assert [(r.addr, r.port) for r in reports] == [("203.0.113.66", 40000)]
 
 
 def test_mapping_with_text_addresses_compares_by_value():

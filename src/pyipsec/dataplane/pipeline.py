@@ -446,10 +446,9 @@ class InboundPipeline:
                 else:
                     before = len(done)
                     sa.decapsulate_esp_batch(items[i - 1 : j], now, done, errors)
-                    # the run's last item: the newest mapping if the run spans a change
                     peer = (items[j - 1][1], ports[j - 1])
                     if len(done) > before and self._peers.get(spi, peer) != peer:
-                        self._mapping(found[0], spi, peer)
+                        self._moved(found[0], spi, peer, items, ports, i - 1, j)
                 i = j
                 continue
             try:
@@ -462,6 +461,21 @@ class InboundPipeline:
             self._delivered += len(done)
             self._bytes += sum(map(len, done))
             self.sink.write_batch(done)
+
+    def _moved(
+        self, cfg: Any, spi: int, peer: tuple[Any, int], items: list[Any], ports: list[int],
+        start: int, end: int,
+    ) -> None:  # fmt: skip
+        """A run of ``spi`` that ended with an item from another (address, port) than
+        known, and of which something verified. Only a run wholly from ``peer`` proves
+        that ``peer`` sent authenticated ESP: a mixed run (a forged packet from a new port
+        behind a genuine one) is no evidence and is left for later runs (off the hot path:
+        this runs only when the run's last item came from an unknown mapping)."""
+        src, port = peer
+        for x in range(start, end):
+            if ports[x] != port or items[x][1] != src:
+                return
+        self._mapping(cfg, spi, peer)
 
     def _mapping(self, cfg: Any, spi: int, peer: tuple[Any, int]) -> None:
         """Verified ESP of ``spi`` from a new (address, port): remember it, report once."""
