@@ -285,3 +285,112 @@ def test_fallback_needs_a_trap_child(tmp_path) -> None:
                                              "unsecured_fallback: 10m"))  # fmt: skip
     with pytest.raises(ConfigError, match="between 0 and 5 minutes"):
         load_config(str(path))
+
+
+@pytest.fixture
+def pem(confdir):
+    """host.crt/host.key (end entity + intermediate) and ca.crt in the config directory;
+    ``{d}`` in a configuration text names that directory (see :func:`write_d`)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pki import Pki
+
+    pki = Pki()
+    ee = pki.issue("p256", dns=["a.example"])
+    der = serialization.Encoding.PEM
+    (confdir / "host.crt").write_bytes(
+        ee.cert.public_bytes(der) + pki.intermediate.cert.public_bytes(der)
+    )
+    key = ee.key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (confdir / "host.key").write_bytes(key)
+    (confdir / "ca.crt").write_bytes(pki.root.cert.public_bytes(der))
+    return pki
+
+
+def write_d(confdir, text: str) -> str:
+    return write(confdir, text.replace("{d}", str(confdir)))
+
+
+CERT_PAIR = """\
+      - local: {auth: pubkey, cert: {d}/host.crt, key: {d}/host.key}
+        remote: {auth: pubkey, cacerts: [{d}/ca.crt]}
+"""
+
+
+def test_alternatives_after_the_primary_method(confdir, pem) -> None:
+    text = BASE.replace(
+        "    rekey_time: 4h\n", "    rekey_time: 4h\n    alternatives:\n" + CERT_PAIR
+    )
+    peer = load_config(write_d(confdir, text)).peer("web-db")
+    assert (peer.local_auth.method, peer.remote_auth.method) == ("psk", "psk")
+    ((local, remote),) = peer.auth_alternatives
+    assert (local.method, remote.method) == ("pubkey", "pubkey")
+    assert len(local.cert_chain) == 2 and remote.trusted_cas[0] == pem.root.cert
+    assert peer.local_id == "10.1.0.1" and peer.remote_id == "10.1.0.2"
+    # certificate first, the connection's PSK second
+    swapped = (
+        BASE.replace("local: {auth: psk, id: 10.1.0.1}",
+                     "local: {auth: pubkey, cert: {d}/host.crt, key: {d}/host.key, id: 10.1.0.1}")
+        .replace("remote: {auth: psk, id: 10.1.0.2}", "remote: {auth: pubkey, cacerts: {d}/ca.crt, "
+                 "id: 10.1.0.2}")
+        .replace("    rekey_time: 4h\n", "    rekey_time: 4h\n    alternatives:\n"
+                 "      - {local: {auth: psk}, remote: {auth: psk}}\n")
+    )  # fmt: skip
+    peer = load_config(write_d(confdir, swapped)).peer("web-db")
+    assert peer.local_auth.method == "pubkey"
+    ((local, remote),) = peer.auth_alternatives
+    assert local.psk == remote.psk == b"a very secret key"
+    assert "very secret" not in repr(peer)
+    assert load_config(write(confdir, BASE)).peer("web-db").auth_alternatives == ()
+
+
+@pytest.mark.parametrize(
+    ("alternatives", "line", "key", "message"),
+    [
+        ("      - {local: {auth: psk}, remote: {auth: psk}}\n", 11,
+         "connections.web-db.alternatives.0", "one pre-shared key"),
+        (CERT_PAIR + "      - {local: {auth: psk}, remote: {auth: pubkey, cacerts: {d}/ca.crt}}\n",
+         13, "connections.web-db.alternatives.1", "one pre-shared key"),
+        ("      - local: {auth: pubkey, cert: {d}/host.crt, key: {d}/host.key, id: a.example}\n"
+         "        remote: {auth: pubkey, cacerts: [{d}/ca.crt]}\n", 11,
+         "connections.web-db.alternatives.0.local.id", "unknown key"),
+        ("      - {local: {auth: pubkey, cert: {d}/host.crt, key: {d}/host.key}}\n", 11,
+         "connections.web-db.alternatives.0.remote", "is required"),
+        ("      - local: {auth: pubkey, key: {d}/host.key}\n"
+         "        remote: {auth: pubkey, cacerts: [{d}/ca.crt]}\n", 11,
+         "connections.web-db.alternatives.0.local.auth", "needs 'key' and 'cert'"),
+        ("      - local: {auth: pubkey, cert: {d}/host.crt, key: {d}/host.key}\n"
+         "        remote: {auth: pubkey}\n", 12,
+         "connections.web-db.alternatives.0.remote.auth", "needs 'cacerts'"),
+        ("      - {local: {auth: kerberos}, remote: {auth: psk}}\n", 11,
+         "connections.web-db.alternatives.0.local.auth", "must be one of psk, pubkey"),
+        ("      - [psk]\n", 11, "connections.web-db.alternatives.0", "must be a mapping"),
+        ("      - {local: {auth: psk}, remote: {auth: psk}, when: now}\n", 11,
+         "connections.web-db.alternatives.0.when", "unknown key"),
+    ],
+)  # fmt: skip
+def test_alternatives_errors_are_located(confdir, pem, alternatives, line, key, message) -> None:
+    text = BASE.replace(
+        "    rekey_time: 4h\n", "    rekey_time: 4h\n    alternatives:\n" + alternatives
+    )
+    path = write_d(confdir, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert (err.file, err.key, err.line) == (path, key, line), str(err)
+    assert message in str(err)
+
+
+def test_psk_alternative_needs_the_connections_secret(confdir, pem) -> None:
+    text = (
+        BASE.replace("local: {auth: psk, id: 10.1.0.1}",
+                     "local: {auth: pubkey, cert: {d}/host.crt, key: {d}/host.key}")
+        .replace("remote: {auth: psk, id: 10.1.0.2}", "remote: {auth: pubkey, cacerts: {d}/ca.crt}")
+        .replace("    rekey_time: 4h\n", "    rekey_time: 4h\n    alternatives:\n"
+                 "      - {local: {auth: psk}, remote: {auth: psk}}\n")
+        .replace("secrets: secrets.yaml\n", "")
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_config(write_d(confdir, text))
+    assert info.value.key == "connections.web-db.alternatives.0.local.auth"
+    assert "no pre-shared key for 'web-db'" in str(info.value)

@@ -359,3 +359,148 @@ def test_no_fallback_when_the_host_answers_in_time(hosts) -> None:
     assert run_until(loop, lambda: s.child_sas)
     run_until(loop, lambda: False, timeout=0.7)
     assert not s.dataplane.bypasses and s.statistics()["unsecured_fallbacks"] == 0
+
+
+# ------------------------------------------------------- several authentication methods
+
+
+def _pem_files(tmp_path, pki, me: str) -> dict[str, str]:
+    """This host's certificate (+ intermediate, its address in the SAN) and key, and the
+    root CA, as PEM files."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = serialization.Encoding.PEM
+    ee = pki.issue("p256", ips=[me])
+    directory = tmp_path / f"pem-{me}"
+    directory.mkdir(exist_ok=True)
+    cert, key, ca = directory / "host.crt", directory / "host.key", tmp_path / "ca.crt"
+    cert.write_bytes(ee.cert.public_bytes(pem) + pki.intermediate.cert.public_bytes(pem))
+    key.write_bytes(
+        ee.key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    ca.write_bytes(pki.root.cert.public_bytes(pem))
+    return {"cert": str(cert), "key": str(key), "ca": str(ca)}
+
+
+def _multi_config(tmp_path, pki, me: str, peer: str, psk: str, methods: list[str]):
+    """Connection web-db authenticating with ``methods`` in order ("certificate", "psk")."""
+    files = _pem_files(tmp_path, pki, me)
+    sides = {
+        "psk": ("{auth: psk}", "{auth: psk}"),
+        "certificate": (
+            f"{{auth: pubkey, cert: {files['cert']}, key: {files['key']}}}",
+            f"{{auth: pubkey, cacerts: [{files['ca']}]}}",
+        ),
+    }
+    first = sides[methods[0]]
+    lines = [
+        f"local: {first[0][:-1]}, id: {me}}}",
+        f"remote: {first[1][:-1]}, id: {peer}}}",
+    ]
+    if methods[1:]:
+        lines.append("alternatives:")
+        lines += [f"  - {{local: {sides[m][0]}, remote: {sides[m][1]}}}" for m in methods[1:]]
+    directory = tmp_path / f"multi-{me}"
+    directory.mkdir()
+    secrets = directory / "secrets.yaml"
+    secrets.write_text(f'psk:\n  web-db: "{psk}"\n')
+    os.chmod(secrets, 0o600)
+    auth = "\n".join("    " + line for line in lines)
+    path = directory / "pyipsec.yaml"
+    path.write_text(
+        f"secrets: secrets.yaml\nconnections:\n  web-db:\n    local_addrs: [{me}]\n"
+        f"    remote_addrs: [{peer}]\n{auth}\n    dpd_delay: 0\n"
+        "    retransmit_timeout: 0.2\n    retransmit_tries: 2\n"
+        "    children:\n      db: {start_action: trap}\n"
+    )
+    return load_config(str(path))
+
+
+@pytest.fixture
+def methods(tmp_path):
+    """make(a_methods, b_methods, psk_b=...) -> daemons A and B (certificates valid: the
+    clock runs at the test PKI's time)."""
+    from pki import NOW, Pki
+
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+    pki = Pki()
+    offset = NOW.timestamp() + 3600 - loop.time()
+    made: list[Daemon] = []
+
+    def make(a_methods, b_methods, psk_b: str = "shared secret key"):
+        for me, peer, listed, psk in (
+            (A, B, a_methods, "shared secret key"),
+            (B, A, b_methods, psk_b),
+        ):
+            daemon = Daemon(
+                _multi_config(tmp_path, pki, me, peer, psk, listed),
+                net.port(me),
+                FakeDataplane(),
+                clock=lambda: loop.time() + offset,
+                loop=loop,
+            )
+            net.hosts[me] = daemon.datagram
+            daemon.start()
+            made.append(daemon)
+        return made[-2:]
+
+    yield loop, make
+    for daemon in made:
+        daemon.close()
+    loop.close()
+
+
+def test_initiator_falls_back_to_its_next_method(methods) -> None:
+    """A lists [certificate, psk], B only the PSK: A's first attempt fails (visible in
+    A's failures and counters), the second, with the PSK, comes up."""
+    loop, make = methods
+    a, b = make(["certificate", "psk"], ["psk"])
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    (sa_a,), (sa_b,) = a.dataplane.installed.values(), b.dataplane.installed.values()
+    assert sa_a.inbound_key == sa_b.outbound_key
+    assert len(a.ike_sas) == 1 and len(b.ike_sas) == 1
+    (row,) = a.status()["ike_sas"]
+    assert row["name"] == "web-db" and row["auth"] == "psk"
+    assert a.counters.authentication_failures == 1 and b.counters.authentication_failures == 1
+    (failure,) = a.status()["recent_failures"]
+    assert "next authentication method (psk)" in failure["reason"]
+    run_until(loop, lambda: False, timeout=0.3)
+    assert len(a.ike_sas) == 1  # no second initiation meanwhile
+
+
+def test_initiator_gives_up_after_the_last_method(methods) -> None:
+    loop, make = methods
+    a, b = make(["certificate", "psk"], ["psk"], psk_b="another secret key")
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.counters.authentication_failures == 2)
+    run_until(loop, lambda: False, timeout=0.5)
+    assert a.counters.authentication_failures == 2 and not a.ike_sas and not b.ike_sas
+    assert not a.dataplane.installed and not b.dataplane.installed
+    first, last = a.status()["recent_failures"]
+    assert "next authentication method" in first["reason"]
+    assert "next authentication method" not in last["reason"]
+    a.command_up("web-db")  # given up, not stuck: a new attempt starts from the first method
+    assert run_until(loop, lambda: a.counters.authentication_failures == 4)
+
+
+def test_responder_answers_a_psk_initiator_with_its_psk(methods) -> None:
+    """B lists [certificate, psk]; A has only the PSK: up at once, PSK both ways."""
+    loop, make = methods
+    a, b = make(["psk"], ["certificate", "psk"])
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    assert a.counters.authentication_failures == 0 and b.counters.authentication_failures == 0
+    assert b.status()["ike_sas"][0]["auth"] == "psk"
+    assert a.status()["ike_sas"][0]["auth"] == "psk"
+
+
+def test_certificates_both_ways_when_both_list_them_first(methods) -> None:
+    loop, make = methods
+    a, b = make(["certificate", "psk"], ["certificate", "psk"])
+    a.command_up("web-db")
+    assert run_until(loop, lambda: a.child_sas and b.child_sas)
+    assert a.counters.authentication_failures == 0
+    assert b.status()["ike_sas"][0]["auth"] == "pubkey"
+    assert a.status()["ike_sas"][0]["remote_id"] == B

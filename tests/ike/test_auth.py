@@ -169,3 +169,27 @@ def test_fragmented_certificate_auth_over_lossy_network(pki, seed):
     assert p.a.statistics().counter("fragmented_messages") >= 1
     (ca,), (cb,) = p.of("a", ChildSaInstalled), p.of("b", ChildSaInstalled)
     assert ca.inbound_key == cb.outbound_key
+
+
+def test_responder_with_several_methods_none_verifies(pki):
+    """B lists two certificate methods (two CAs) and no PSK: a certificate from a third CA
+    fails with the first method's reason; a PSK initiator is told a signature is expected."""
+    rogue, other = Pki(name="rogue"), Pki(name="other")
+    p = make_pair(pki, "p256", "p256", a_ee=rogue.issue("p256", dns=["alice.example"]))
+    b = p.b_peer
+    p.b_peer = peer_config(
+        "to-a",
+        A_ADDR[0],
+        children=b.children,
+        local_id=b.local_id,
+        remote_id=b.remote_id,
+        local_auth=b.local_auth,
+        remote_auth=b.remote_auth,
+        auth_alternatives=((b.local_auth, trust(other.root.cert)),),
+    )
+    p.b.config = type(p.b.config)(peers=(p.b_peer,), local_addr=B_ADDR[0])
+    reason = failed_both(p)
+    assert reason and "PSK" not in reason
+    psk_a = peer_config("to-b", B_ADDR[0], children=(ChildConfig("c"),), local_id="alice.example")
+    q = Pair(psk_a, p.b_peer, start=START)
+    assert "expected a signature" in failed_both(q)

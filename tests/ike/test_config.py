@@ -21,6 +21,22 @@ def test_defaults_valid():
     assert EndpointConfig(peers=(p,)).peer("p") is p
 
 
+def test_auth_pairs_and_next_auth():
+    other = AuthConfig(psk=b"another-secret-value")
+    third = AuthConfig(psk=b"a-third-secret-value")
+    p = peer(auth_alternatives=((other, other), (third, PSK)), children=(ChildConfig("c"),))
+    assert p.auth_pairs() == ((PSK, PSK), (other, other), (third, PSK))
+    second = p.next_auth()
+    assert second is not None and second.name == p.name and second.children == p.children
+    assert (second.local_auth, second.remote_auth) == (other, other)
+    assert second.auth_alternatives == ((third, PSK),)
+    last = second.next_auth()
+    assert last is not None and (last.local_auth, last.remote_auth) == (third, PSK)
+    assert last.auth_alternatives == () and last.next_auth() is None
+    assert peer().next_auth() is None and peer().auth_pairs() == ((PSK, PSK),)
+    assert "another-secret-value" not in repr(p)
+
+
 def test_psk_not_in_repr():
     p = peer()
     assert "secret-psk-value" not in repr(p)
@@ -41,6 +57,13 @@ def test_psk_not_in_repr():
         ({"remote_auth": AuthConfig(method="pubkey")}, "peer.remote_auth"),
         ({"fragment_size": 100}, "peer.fragment_size"),
         ({"children": (ChildConfig("a"), ChildConfig("a"))}, "peer.children"),
+        ({"auth_alternatives": ((PSK, AuthConfig()),)}, "peer.auth_alternatives.0.remote_auth.psk"),
+        (
+            {"auth_alternatives": ((PSK, PSK), (AuthConfig(method="pubkey"), PSK))},
+            "peer.auth_alternatives.1.local_auth",
+        ),
+        ({"auth_alternatives": ((PSK,),)}, "peer.auth_alternatives.0"),
+        ({"auth_alternatives": (("psk", "psk"),)}, "peer.auth_alternatives.0"),
     ],
 )
 def test_peer_invalid(kw, key):

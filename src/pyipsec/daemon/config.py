@@ -14,6 +14,9 @@ them. The policy layer (filter lists, filter actions, rules) compiles into it.
         proposals: [aes128gcm16-prfsha256-x25519]
         local: {auth: psk, id: 10.1.0.1}
         remote: {auth: psk, id: 10.1.0.2}
+        # alternatives:                     # further methods, tried in order (no 'id':
+        #   - local: {auth: pubkey, cert: host.crt, key: host.key}   # the connection's)
+        #     remote: {auth: pubkey, cacerts: [ca.crt]}
         rekey_time: 4h
         dpd_delay: 30s
         children:
@@ -197,6 +200,7 @@ _FIELD_TO_KEY = {
     "local_id": "local",
     "remote_id": "remote",
     "local_addr": "local_addrs",
+    "auth_alternatives": "alternatives",
 }
 
 
@@ -261,8 +265,12 @@ def _load_pem_objects(section: Section, key: str, kind: str) -> tuple[Any, ...]:
     return tuple(objects)
 
 
-def _auth(side: Section, *, local: bool, psk: bytes | None, conn: str) -> AuthConfig:
-    side.check_keys(["auth", "id", "cert", "certs", "key", "cacerts", "send_cert"])
+def _auth(
+    side: Section, *, local: bool, psk: bytes | None, conn: str, ids: bool = True
+) -> AuthConfig:
+    """One side's method; ``ids``: whether ``id`` may be given (not in alternatives)."""
+    keys = ["auth", "cert", "certs", "key", "cacerts", "send_cert"]
+    side.check_keys([*keys, "id"] if ids else keys)
     method = side.get_choice("auth", ("psk", "pubkey"), "psk")
     if method == "psk":
         if psk is None:
@@ -286,6 +294,35 @@ def _auth(side: Section, *, local: bool, psk: bytes | None, conn: str) -> AuthCo
     return AuthConfig(
         method="pubkey", trusted_cas=_load_pem_objects(side, "cacerts", "certificate")
     )
+
+
+def _alternatives(
+    section: Section, psk: bytes | None, conn: str
+) -> tuple[tuple[AuthConfig, AuthConfig], ...]:
+    """``alternatives``: further (local, remote) methods after the primary one, in order.
+    Identities stay the connection's; one pre-shared key per connection, so at most one
+    method (the primary included) may use it."""
+    if "alternatives" not in section:
+        return ()
+    pairs: list[tuple[AuthConfig, AuthConfig]] = []
+    psk_used = "psk" in [section.section(k).get_str("auth", "psk") for k in ("local", "remote")]
+    for value in section.get_list("alternatives"):
+        alt = value.as_section()
+        alt.check_keys(["local", "remote"])
+        local, remote = alt.section("local", required=True), alt.section("remote", required=True)
+        pair = (
+            _auth(local, local=True, psk=psk, conn=conn, ids=False),
+            _auth(remote, local=False, psk=psk, conn=conn, ids=False),
+        )
+        if "psk" in (pair[0].method, pair[1].method):
+            if psk_used:
+                raise value.error(
+                    "a second pre-shared key method: a connection has one pre-shared key "
+                    "(its entry in the secrets file); keep one"
+                )
+            psk_used = True
+        pairs.append(pair)
+    return tuple(pairs)
 
 
 _CHILD_KEYS = [
@@ -320,6 +357,7 @@ _CONN_KEYS = [
     "fragment_size",
     "encap",
     "children",
+    "alternatives",
 ]
 
 
@@ -384,6 +422,7 @@ def _connection(
         "ike_proposals": tuple(section.get_str_list("proposals", ["aes128gcm16-prfsha256-x25519"])),
         "local_auth": _auth(local, local=True, psk=secrets.get(name), conn=name),
         "remote_auth": _auth(remote, local=False, psk=secrets.get(name), conn=name),
+        "auth_alternatives": _alternatives(section, secrets.get(name), name),
         "local_id": local.get_str("id", None),
         "remote_id": remote.get_str("id", None),
         "rekey_time": _duration(section, "rekey_time", 14400.0),

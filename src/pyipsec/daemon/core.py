@@ -363,7 +363,7 @@ class Daemon(Commands):
             remote_addr=event.remote_addr[0],
             local_id=event.local_id,
             remote_id=event.remote_id,
-            auth=peer.local_auth.method if peer is not None else "?",
+            auth=event.auth or (peer.local_auth.method if peer is not None else "?"),
             proposal=event.proposal,
             initiator=event.initiator,
             spi_i=event.spi_i,
@@ -522,7 +522,11 @@ class Daemon(Commands):
                 "AUTHENTICATION_FAILED",
             )
         )
-        self._forget_pending(event.peer, event.remote_addr[0])
+        if event.retry:  # the IKE layer starts over with the connection's next auth method
+            if event.ike_sa in self._attempts:
+                self._attempts[event.retry] = self._attempts.pop(event.ike_sa)
+        else:
+            self._forget_pending(event.peer, event.remote_addr[0])
         log.warning(
             "authentication with %s (%s) failed: %s",
             event.peer or "?",

@@ -5,6 +5,12 @@
 data (PSK: constant-time compare; pubkey: chain validated against the configured CAs with
 the identity checked against the certificate, then the signature). Every failure raises
 ProtocolError(AUTHENTICATION_FAILED) with a reason that never contains a secret.
+
+A peer may list several (local, remote) authentication pairs (PeerConfig.auth_pairs).
+The pair in use is :func:`auth_pair`: an initiator's is its configuration's primary pair
+(it starts over with :meth:`PeerConfig.next_auth` after a failure); a responder's is the
+one :func:`verify_initiator` chose from the AUTH payload's method (Shared Key MIC: a PSK
+pair, anything else: a signature pair), whose local method then answers.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ def certreq_payloads(auth: AuthConfig) -> list[Any]:
     return [CertReqPayload(CertEncoding.X509_SIG, data)]
 
 
+def auth_pair(sa: IkeSa) -> tuple[AuthConfig, AuthConfig]:
+    """The (local, remote) authentication in use on ``sa``: the pair a responder chose,
+    else the peer's primary pair."""
+    assert sa.peer is not None
+    pair = sa.ctx.get("auth_pair")
+    return pair if pair is not None else (sa.peer.local_auth, sa.peer.remote_auth)
+
+
 def local_auth_payloads(sa: IkeSa, initiator: bool) -> tuple[IdPayload, list[Any], AuthPayload]:
     """(ID payload, CERT payloads, AUTH payload) for our side."""
     from cryptography.hazmat.primitives import serialization
@@ -87,7 +101,7 @@ def local_auth_payloads(sa: IkeSa, initiator: bool) -> tuple[IdPayload, list[Any
     sa.local_identity = str(ident)
     idp = IdPayload(ident.id_type, ident.data, initiator)
     octets = octets_for(sa, initiator, push_id(idp))
-    auth = sa.peer.local_auth
+    auth = auth_pair(sa)[0]
     if auth.method == "psk":
         assert auth.psk is not None
         data = psk_auth_data(sa.chosen.prf, auth.psk, octets)
@@ -106,10 +120,39 @@ def local_auth_payloads(sa: IkeSa, initiator: bool) -> tuple[IdPayload, list[Any
     return idp, certs, AuthPayload(method, data)
 
 
-def verify_peer(
+def verify_initiator(
     sa: IkeSa, idp: IdPayload, certs: list[CertPayload], auth: AuthPayload, now: float
 ) -> str:
-    """Check the peer's identity and AUTH; returns the identity as text."""
+    """Responder: check the initiator's AUTH with each pair whose remote method is of the
+    AUTH payload's kind, in order (with the primary pair when none is); the first that
+    verifies becomes :func:`auth_pair`. All failing: the first failure is raised."""
+    assert sa.peer is not None
+    pairs = sa.peer.auth_pairs()
+    kind = "psk" if auth.method == AuthMethod.SHARED_KEY_MIC else "pubkey"
+    candidates = [p for p in pairs if p[1].method == kind] or [pairs[0]]
+    failure: ProtocolError | None = None
+    for pair in candidates:
+        try:
+            ident = verify_peer(sa, idp, certs, auth, now, pair[1])
+        except ProtocolError as exc:
+            failure = failure or exc
+            continue
+        sa.ctx["auth_pair"] = pair
+        return ident
+    assert failure is not None
+    raise failure
+
+
+def verify_peer(
+    sa: IkeSa,
+    idp: IdPayload,
+    certs: list[CertPayload],
+    auth: AuthPayload,
+    now: float,
+    cfg: AuthConfig | None = None,
+) -> str:
+    """Check the peer's identity and AUTH against ``cfg`` (default: the remote side of
+    :func:`auth_pair`); returns the identity as text."""
     assert sa.peer is not None and sa.chosen is not None
     ident = Identity(
         IdType(idp.id_type) if idp.id_type in IdType._value2member_map_ else idp.id_type, idp.data
@@ -119,7 +162,7 @@ def verify_peer(
         if not want.matches(idp.id_type, idp.data):
             raise _fail(f"peer identity {ident} is not the configured {want}")
     octets = octets_for(sa, not sa.initiator, push_id(idp))
-    cfg = sa.peer.remote_auth
+    cfg = cfg if cfg is not None else auth_pair(sa)[1]
     if cfg.method == "psk":
         if auth.method != AuthMethod.SHARED_KEY_MIC:
             raise _fail(f"peer used auth method {auth.method}, expected PSK")

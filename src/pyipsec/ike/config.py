@@ -6,12 +6,19 @@
 * :class:`ChildConfig`: one Child SA: selectors, mode, ESP/AH proposals, lifetimes, PFS.
 * :class:`AuthConfig`: one authentication round (PSK or certificate).
 
+A peer's authentication is an ordered list of (local, remote) :class:`AuthConfig` pairs:
+the primary ``local_auth``/``remote_auth`` and then ``auth_alternatives``. An initiator
+uses the first pair and, when authentication fails, starts over with the next one
+(:meth:`PeerConfig.next_auth`); a responder verifies with the pair whose remote method
+matches the peer's AUTH payload and answers with that pair's local method.
+
 Validation happens in ``__post_init__`` and raises pyipsec.errors.ConfigError naming the key.
 Secrets (PSK, private keys) are excluded from repr().
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 from dataclasses import dataclass, field
@@ -127,6 +134,18 @@ class AuthConfig:
             raise ConfigError("psk must be bytes", key="auth.psk")
         if self.method == "psk" and self.psk is not None and len(self.psk) < 1:
             raise ConfigError("psk must not be empty", key="auth.psk")
+
+
+def _check_pair(local: AuthConfig, remote: AuthConfig, where: str) -> None:
+    """A usable (local, remote) pair: secrets, key and certificate, trusted CAs present."""
+    if local.method == "psk" and local.psk is None:
+        raise ConfigError("psk auth needs a secret", key=f"{where}.local_auth.psk")
+    if remote.method == "psk" and remote.psk is None:
+        raise ConfigError("psk auth needs a secret", key=f"{where}.remote_auth.psk")
+    if local.method == "pubkey" and (local.private_key is None or not local.cert_chain):
+        raise ConfigError("pubkey auth needs a key and certificate", key=f"{where}.local_auth")
+    if remote.method == "pubkey" and not remote.trusted_cas:
+        raise ConfigError("pubkey auth needs trusted CAs", key=f"{where}.remote_auth")
 
 
 def _positive(value: float, key: str, *, zero_ok: bool = False) -> None:
@@ -253,6 +272,8 @@ class PeerConfig:
     children: tuple[ChildConfig, ...] = ()
     send_initial_contact: bool = True
     force_encap: bool = False
+    #: further (local, remote) authentication pairs, tried in order after the primary one
+    auth_alternatives: tuple[tuple[AuthConfig, AuthConfig], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -274,16 +295,18 @@ class PeerConfig:
             v = getattr(self, k)
             if v is not None:
                 Identity.parse(v, key=f"peer.{k}")
-        if self.local_auth.method == "psk" and self.local_auth.psk is None:
-            raise ConfigError("psk auth needs a secret", key="peer.local_auth.psk")
-        if self.remote_auth.method == "psk" and self.remote_auth.psk is None:
-            raise ConfigError("psk auth needs a secret", key="peer.remote_auth.psk")
-        if self.local_auth.method == "pubkey" and (
-            self.local_auth.private_key is None or not self.local_auth.cert_chain
-        ):
-            raise ConfigError("pubkey auth needs a key and certificate", key="peer.local_auth")
-        if self.remote_auth.method == "pubkey" and not self.remote_auth.trusted_cas:
-            raise ConfigError("pubkey auth needs trusted CAs", key="peer.remote_auth")
+        _check_pair(self.local_auth, self.remote_auth, "peer")
+        for i, pair in enumerate(self.auth_alternatives):
+            if (
+                not isinstance(pair, tuple)
+                or len(pair) != 2
+                or not all(isinstance(a, AuthConfig) for a in pair)
+            ):
+                raise ConfigError(
+                    "must be a (local, remote) pair of AuthConfig",
+                    key=f"peer.auth_alternatives.{i}",
+                )
+            _check_pair(pair[0], pair[1], f"peer.auth_alternatives.{i}")
         _positive(self.rekey_time, "peer.rekey_time")
         _positive(self.jitter, "peer.jitter", zero_ok=True)
         if self.jitter >= self.rekey_time:
@@ -304,6 +327,21 @@ class PeerConfig:
         return [
             parse_proposal(p, ProtocolId.IKE, key="peer.ike_proposals") for p in self.ike_proposals
         ]
+
+    def auth_pairs(self) -> tuple[tuple[AuthConfig, AuthConfig], ...]:
+        """Every (local, remote) authentication pair, primary first."""
+        return ((self.local_auth, self.remote_auth), *self.auth_alternatives)
+
+    def next_auth(self) -> PeerConfig | None:
+        """This peer with its first alternative as primary authentication (the others
+        after it), for an initiator that starts over after a failed authentication; None
+        when no alternative is left. Same name, so events map to the same connection."""
+        if not self.auth_alternatives:
+            return None
+        (local, remote), *rest = self.auth_alternatives
+        return dataclasses.replace(
+            self, local_auth=local, remote_auth=remote, auth_alternatives=tuple(rest)
+        )
 
     @property
     def default_ke(self) -> KeId:

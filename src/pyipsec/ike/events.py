@@ -26,6 +26,7 @@ class IkeSaUp(IkeEvent):
     peer: the PeerConfig name. local_id/remote_id: authenticated identities (text).
     local_addr/remote_addr: (address, port) of the IKE SA. initiator: our role.
     spi_i/spi_r: IKE SPIs (hex). proposal: negotiated IKE transforms (strongSwan keywords).
+    auth: our authentication method on this SA ("psk" or "pubkey"; a peer may list several).
     """
 
     ike_sa: int
@@ -38,6 +39,7 @@ class IkeSaUp(IkeEvent):
     spi_i: str
     spi_r: str
     proposal: str
+    auth: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +156,16 @@ class AuthenticationFailed(IkeEvent):
     """Authentication failed (either side's AUTH, certificate or identity).
 
     ike_sa: handle. peer: PeerConfig name ("" if none matched). remote_addr: peer address.
-    reason: why, never containing a secret.
+    reason: why, never containing a secret. retry: an initiator whose peer lists another
+    authentication method starts over with it: the handle of that new IKE SA (the failed
+    one then goes without an IkeSaDown); 0 when nothing follows.
     """
 
     ike_sa: int
     peer: str
     remote_addr: tuple[str, int]
     reason: str
+    retry: int = 0
 
 
 @dataclass(frozen=True, slots=True)

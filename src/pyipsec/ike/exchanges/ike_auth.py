@@ -6,6 +6,12 @@ Initiator sends IDi, [CERT], [CERTREQ], [IDr], AUTH, [N(INITIAL_CONTACT)], SA, T
 A failed authentication yields AUTHENTICATION_FAILED on both sides and nothing installed:
 the responder answers only that notify; an initiator that rejects the responder sends an
 INFORMATIONAL AUTHENTICATION_FAILED notification and drops the SA.
+
+Several authentication methods (PeerConfig.auth_alternatives): the responder verifies with
+the pair matching the AUTH payload's method and answers with that pair's local method
+(pyipsec.ike.auth.verify_initiator); an initiator whose authentication failed (rejected,
+or the responder's AUTH did not verify) starts over with a new IKE SA and the next pair
+(PeerConfig.next_auth), until the last one failed.
 """
 
 from __future__ import annotations
@@ -13,7 +19,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pyipsec.errors import ProtocolError
-from pyipsec.ike.auth import certreq_payloads, local_auth_payloads, verify_peer
+from pyipsec.ike.auth import (
+    auth_pair,
+    certreq_payloads,
+    local_auth_payloads,
+    verify_initiator,
+    verify_peer,
+)
 from pyipsec.ike.events import AuthenticationFailed, IkeSaUp, NegotiationFailed
 from pyipsec.ike.exchanges import Task, error_notify, has_notify, notify
 from pyipsec.ike.exchanges.create_child_sa import (
@@ -50,6 +62,7 @@ def established(sa: IkeSa, now: float) -> None:
             sa.spi_i.hex(),
             sa.spi_r.hex(),
             describe(sa.chosen) if sa.chosen else "",
+            auth_pair(sa)[0].method,
         )
     )
 
@@ -75,7 +88,7 @@ class IkeAuthTask(Task):
         sa.transition("send_auth")
         sa.ctx["auth_mid"] = sa.next_request_id
         idp, certs, auth = local_auth_payloads(sa, True)
-        payloads: list[Any] = [idp, *certs, *certreq_payloads(sa.peer.remote_auth)]
+        payloads: list[Any] = [idp, *certs, *certreq_payloads(auth_pair(sa)[1])]
         if sa.peer.remote_id:
             from pyipsec.ike.config import Identity
 
@@ -105,16 +118,20 @@ class IkeAuthTask(Task):
         except ProtocolError as exc:
             if self.child is not None:
                 self.child.release()
+            retry = 0
             if exc.notify == NotifyType.AUTHENTICATION_FAILED:
                 sa.endpoint.stats["auth_failures"] += 1
-                sa.emit(AuthenticationFailed(sa.handle, sa.peer_name, sa.remote_addr, str(exc)))
+                reason, retry = self.retry(sa, str(exc), now)
+                sa.emit(
+                    AuthenticationFailed(sa.handle, sa.peer_name, sa.remote_addr, reason, retry)
+                )
                 if idp is not None:  # they accepted us, we reject them: tell them
                     sa.send_oneway(
                         ExchangeType.INFORMATIONAL, [notify(NotifyType.AUTHENTICATION_FAILED)]
                     )
             else:
                 sa.emit(NegotiationFailed(sa.handle, sa.peer_name, exc.notify or 0, str(exc)))
-            sa.close("failed", now)
+            sa.close("failed", now, event=not retry)
             return
         sa.transition("recv_auth_response")
         established(sa, now)
@@ -130,6 +147,22 @@ class IkeAuthTask(Task):
             else:
                 complete_initiator_child(sa, self.child, msg, sa.nr, None, now)
         sa.endpoint._start_children(sa, now)
+
+    def retry(self, sa: IkeSa, reason: str, now: float) -> tuple[str, int]:
+        """After a failed authentication: start over with the peer's next authentication
+        pair (a new IKE SA, the same first Child SA). Returns the failure's reason (saying
+        what comes next) and the new SA's handle (0: no pair left)."""
+        assert sa.peer is not None
+        following = sa.peer.next_auth()
+        if following is None:
+            return reason, 0
+        child = self.child.cfg if self.child is not None else None
+        handle = sa.endpoint.initiate(following, child, now)
+        sa.endpoint.stats["auth_retries"] += 1
+        return (
+            f"{reason}; trying the next authentication method ({following.local_auth.method})",
+            handle,
+        )
 
     def abort(self, sa: IkeSa, now: float) -> None:
         if self.child is not None:
@@ -173,7 +206,7 @@ def respond(sa: IkeSa, msg: Message, now: float) -> list[Any] | None:
     sa.ctx["auth_mid"] = msg.message_id
     _select_peer_by_identity(sa, idp)
     try:
-        sa.remote_identity = verify_peer(sa, idp, certs, auth, now)
+        sa.remote_identity = verify_initiator(sa, idp, certs, auth, now)
     except ProtocolError as exc:
         sa.endpoint.stats["auth_failures"] += 1
         sa.emit(AuthenticationFailed(sa.handle, sa.peer_name, sa.remote_addr, str(exc)))
