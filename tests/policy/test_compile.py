@@ -320,7 +320,7 @@ UNSUPPORTED = [
     (
         "authentication: [{{psk: db}}]",
         "authentication: [{{psk: db}}, {{psk: db2}}]",
-        "several authentication",
+        "one pre-shared key per connection",
     ),
     (
         "    filter_action: Block",
@@ -448,3 +448,90 @@ def test_todays_daemon_gets_only_what_it_derives_itself() -> None:
         assert "not supported yet" in str(info.value)
         # the daemon installs the compiled SPD itself now (the 'spd' capability)
         assert compile_policy(policy, HostContext((A,))).requires == frozenset({"spd"})
+
+
+# ------------------------------------------------------------------ several methods
+
+METHODS = """\
+name: Methods
+filter_lists:
+  DB: {{filters: [{{source: me, destination: 10.77.0.2}}]}}
+rules:
+  DB:
+    filter_list: DB
+    filter_action: Require Security (Strict)
+    authentication: [{methods}]
+default_response: {{enabled: true, authentication: [{methods}]}}
+"""
+
+
+def _methods(methods: str):  # type: ignore[no-untyped-def]
+    return load_policy_text(METHODS.format(methods=methods), file="m.yaml")
+
+
+def test_methods_keep_their_order_first_one_primary() -> None:
+    host = HostContext((A,), certificate="/h.crt", private_key="/h.key")
+    c = compile_policy(_methods("{certificate: {ca: /ca.crt}}, {psk: db}"), host)
+    for name, peer in ((f"db-{B}", B), ("default-response", "%any")):
+        conn = c.daemon["connections"][name]
+        assert conn["local"] == {"auth": "pubkey", "cert": "/h.crt", "key": "/h.key",
+                                 "cacerts": ["/ca.crt"], "id": A}  # fmt: skip
+        assert conn["remote"] == (
+            {"auth": "pubkey", "cacerts": ["/ca.crt"]} | ({"id": B} if peer == B else {})
+        )
+        assert conn["alternatives"] == [{"local": {"auth": "psk"}, "remote": {"auth": "psk"}}]
+    assert c.psk_refs == {f"db-{B}": "db", "default-response": "db"}
+    c = compile_policy(
+        _methods("{psk: db}, {certificate: {ca: /a.crt}}, {certificate: {ca: /b.crt}}"), host
+    )
+    conn = c.daemon["connections"][f"db-{B}"]
+    assert conn["local"] == {"auth": "psk", "id": A} and conn["remote"] == {"auth": "psk", "id": B}
+    assert [alt["remote"]["cacerts"] for alt in conn["alternatives"]] == [["/a.crt"], ["/b.crt"]]
+    single = compile_policy(_methods("{certificate: {ca: /ca.crt}}"), host)
+    conn = single.daemon["connections"][f"db-{B}"]
+    assert "alternatives" not in conn and "id" not in conn["local"] and not single.psk_refs
+
+
+def test_certificate_method_without_host_certificate_is_left_out() -> None:
+    c = compile_policy(_methods("{certificate: {ca: /ca.crt}}, {psk: db}"), HostContext((A,)))
+    conn = c.daemon["connections"][f"db-{B}"]
+    assert conn["local"] == {"auth": "psk", "id": A} and "alternatives" not in conn
+    assert any("no certificate" in note and "/ca.crt" in note for note in c.notes)
+    with pytest.raises(ConfigError, match="certificate and private key") as info:
+        compile_policy(_methods("{certificate: {ca: /ca.crt}}"), HostContext((A,)))
+    assert info.value.key == "rules.DB.authentication.0"
+
+
+def test_compiled_methods_load_in_the_daemon(tmp_path: os.PathLike[str]) -> None:
+    """Certificate first, PSK second: the daemon's PeerConfig gets both, in order."""
+    from cryptography.hazmat.primitives import serialization
+
+    from pki import Pki
+
+    pki = Pki()
+    ee = pki.issue("p256", ips=[A])
+    pem = serialization.Encoding.PEM
+    files = {name: os.path.join(tmp_path, name) for name in ("h.crt", "h.key", "ca.crt")}
+    with open(files["h.crt"], "wb") as handle:
+        handle.write(ee.cert.public_bytes(pem))
+    with open(files["h.key"], "wb") as handle:
+        handle.write(ee.key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))  # fmt: skip
+    with open(files["ca.crt"], "wb") as handle:
+        handle.write(pki.root.cert.public_bytes(pem))
+    secrets_path = os.path.join(tmp_path, "secrets.yaml")
+    host = HostContext((A,), certificate=files["h.crt"], private_key=files["h.key"],
+                       secrets_file=secrets_path)  # fmt: skip
+    c = compile_policy(_methods(f"{{certificate: {{ca: {files['ca.crt']}}}}}, {{psk: db}}"), host)
+    fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(c.secrets_file({"db": "correct horse battery"}), handle)
+    config_path = os.path.join(tmp_path, "pyipsec.yaml")
+    with open(config_path, "w") as handle:
+        handle.write(c.daemon_yaml())
+    for name in (f"db-{B}", "default-response"):
+        peer = load_config(config_path).peer(name)
+        assert (peer.local_auth.method, peer.remote_auth.method) == ("pubkey", "pubkey")
+        ((local, remote),) = peer.auth_alternatives
+        assert local.psk == remote.psk == b"correct horse battery"
+    assert "correct horse" not in c.daemon_yaml()

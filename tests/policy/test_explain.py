@@ -135,3 +135,18 @@ def test_make_flow_errors(args: tuple, key: str) -> None:  # type: ignore[type-a
     with pytest.raises(ConfigError) as info:
         make_flow(*args)
     assert info.value.key == key
+
+
+def test_protected_flow_lists_the_authentication_methods_in_order() -> None:
+    from pyipsec.policy.presets import example_yaml
+
+    text = example_yaml("Web App Encrypt").replace(
+        "      - psk: web-db\n", "      - certificate: {ca: /etc/ca.pem}\n      - psk: web-db\n"
+    )
+    host = HostContext((A,), certificate="/h.crt", private_key="/h.key")
+    result = explain(compile_policy(load_policy_text(text), host), make_flow(A, B, "tcp", 1, 2))
+    assert result.action == "protect"
+    assert (
+        "authenticated by certificate issued by /etc/ca.pem, else pre-shared key 'web-db'"
+        in result.outcome
+    )

@@ -91,3 +91,17 @@ def test_render_nft_rule() -> None:
         'output: ip daddr 10.0.0.0/8 meta oifname != pyipsec0 counter drop comment "x/out"'
     )
     assert render_nft_rule({"add": {"chain": {}}}) is None
+
+
+def test_added_connection_names_its_authentication_methods() -> None:
+    (added,) = [c for c in plan(_web(), None, firewall=_fw).changes if c.what == "connection"]
+    assert added.detail.endswith("authentication psk")
+    text = example_yaml("Web App Encrypt").replace(
+        "      - psk: web-db\n", "      - certificate: {ca: /etc/ca.pem}\n      - psk: web-db\n"
+    )
+    host = HostContext((A,), certificate="/h.crt", private_key="/h.key")
+    both = compile_policy(load_policy_text(text), host)
+    (added,) = [c for c in plan(both, None, firewall=_fw).changes if c.what == "connection"]
+    assert added.detail.endswith("authentication pubkey then psk")
+    (changed,) = [c for c in plan(both, _web(), firewall=_fw).changes if c.what == "connection"]
+    assert changed.kind == "change" and "alternatives" in changed.detail

@@ -20,7 +20,10 @@ What a host gets:
   from the security methods in order, lifetimes (the shortest of the methods: the daemon
   has one lifetime per child), PFS group (the first key exchange method's), start action
   ``trap``. A pre-shared key is named, not copied: :attr:`CompiledPolicy.psk_refs` says
-  which secret each connection needs (:meth:`CompiledPolicy.secrets_file`).
+  which secret each connection needs (:meth:`CompiledPolicy.secrets_file`). A rule's
+  authentication methods keep their order: the first is the connection's ``local`` and
+  ``remote``, the others its ``alternatives`` (one pre-shared key per connection; a
+  certificate method on a host without certificate is left out, with a note).
 
 Whatever the daemon cannot do yet is a ConfigError, never silently dropped. Features the
 daemon learned one by one are *capabilities* (:data:`ALL_CAPABILITIES`); compiling for
@@ -36,8 +39,8 @@ compiles for an older daemon, which refuses what it cannot do:
   matters). Without it the compiled SPD must equal what the daemon derives from its
   connections: non-overlapping PROTECT entries for both directions.
 
-Never supported here yet: AH with ESP (SA bundles), several authentication methods on one
-rule, connection types lan/remote, master-key PFS.
+Never supported here yet: AH with ESP (SA bundles), connection types lan/remote,
+master-key PFS.
 """
 
 from __future__ import annotations
@@ -268,24 +271,40 @@ def _pairs(view: _View, protocol: int | None) -> list[tuple[AddressRange, Addres
     return out
 
 
-def _auth_dict(
-    auth: AuthMethod, host: HostContext, local: str, peer: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    if auth.kind == "psk":
-        remote: dict[str, Any] = {"auth": "psk"}
-        if peer != "%any":
-            remote["id"] = peer
-        return {"auth": "psk", "id": local}, remote
-    if host.certificate is None or host.private_key is None:
-        raise auth.where.error(
+def _auth(methods: tuple[AuthMethod, ...], host: HostContext, local: str, peer: str,
+          notes: list[str]) -> dict[str, Any]:  # fmt: skip
+    """A connection's ``local``, ``remote`` and ``alternatives`` from a rule's methods."""
+    psk = [m for m in methods if m.kind == "psk"]
+    if len(psk) > 1:
+        raise psk[1].where.error(
+            "a second pre-shared key method: the daemon keeps one pre-shared key per "
+            "connection; keep one"
+        )
+    pairs: list[dict[str, Any]] = []
+    for m in methods:
+        if m.kind == "psk":
+            pairs.append({"local": {"auth": "psk"}, "remote": {"auth": "psk"}})
+        elif host.certificate is not None and host.private_key is not None:
+            pairs.append({
+                "local": {"auth": "pubkey", "cert": host.certificate, "key": host.private_key,
+                          "cacerts": [m.ca]},
+                "remote": {"auth": "pubkey", "cacerts": [m.ca]},
+            })  # fmt: skip
+        elif len(methods) > 1:
+            notes.append(f"this host has no certificate: {m.describe()} is left out")
+    if not pairs:
+        raise methods[0].where.error(
             "certificate authentication needs this host's certificate and private key "
             "(HostContext certificate/private_key, CLI --cert/--key)"
         )
-    return (
-        {"auth": "pubkey", "cert": host.certificate, "key": host.private_key,
-         "cacerts": [auth.ca]},
-        {"auth": "pubkey", "cacerts": [auth.ca]},
-    )  # fmt: skip
+    out = dict(pairs[0])
+    if psk:  # identities of the connection (pre-shared keys are bound to them)
+        out["local"] = {**out["local"], "id": local}
+        if peer != "%any":
+            out["remote"] = {**out["remote"], "id": peer}
+    if pairs[1:]:
+        out["alternatives"] = pairs[1:]
+    return out
 
 
 class _Compiler:
@@ -330,12 +349,6 @@ class _Compiler:
                 "Child SA proposes one protocol)",
                 "methods",
             )
-        if len(rule.authentication) > 1:
-            raise rule.where.error(
-                "several authentication methods on one rule are not supported yet (the "
-                "daemon uses one per connection); keep one",
-                "authentication",
-            )
         if action.allow_unsecured_fallback:
             self.need(
                 "unsecured_fallback",
@@ -375,21 +388,22 @@ class _Compiler:
         if name in self.connections:
             return name
         ke = self.policy.key_exchange
-        auth = rule.authentication[0]
-        local_auth, remote_auth = _auth_dict(auth, self.host, local, peer)
         self.connections[name] = {
             "local_addrs": [local],
             "remote_addrs": [peer],
             "proposals": list(ke.methods),
             "rekey_time": ke.lifetime,
-            "local": local_auth,
-            "remote": remote_auth,
+            **_auth(rule.authentication, self.host, local, peer, self.notes),
             "children": {},
         }
-        if auth.kind == "psk":
-            assert auth.psk_ref is not None
-            self.psk_refs[name] = auth.psk_ref
+        self.psk_ref(name, rule.authentication)
         return name
+
+    def psk_ref(self, conn: str, methods: tuple[AuthMethod, ...]) -> None:
+        for m in methods:
+            if m.kind == "psk":
+                assert m.psk_ref is not None
+                self.psk_refs[conn] = m.psk_ref
 
     def child(self, conn: str, rule: Rule, action: FilterAction, local_ts: list[str],
               remote_ts: list[str]) -> str:  # fmt: skip
@@ -545,20 +559,14 @@ class _Compiler:
             return
         self.need("respond_only", policy.where, "default_response")
         auth = policy.default_response_auth
-        if len(auth) > 1:
-            raise auth[1].where.error(
-                "several authentication methods are not supported yet; keep one"
-            )
         local = str(ipaddress.ip_address(self.me[0].start))
-        local_auth, remote_auth = _auth_dict(auth[0], self.host, local, "%any")
         methods = FILTER_ACTIONS["Integrity and Encryption"].methods
         self.connections["default-response"] = {
             "local_addrs": [local],
             "remote_addrs": ["%any"],
             "proposals": list(policy.key_exchange.methods),
             "rekey_time": policy.key_exchange.lifetime,
-            "local": local_auth,
-            "remote": remote_auth,
+            **_auth(auth, self.host, local, "%any", self.notes),
             "children": {
                 "default-response": {
                     "local_ts": ["dynamic"],
@@ -570,9 +578,7 @@ class _Compiler:
                 }
             },
         }
-        if auth[0].kind == "psk":
-            assert auth[0].psk_ref is not None
-            self.psk_refs["default-response"] = auth[0].psk_ref
+        self.psk_ref("default-response", auth)
 
     def run(self) -> CompiledPolicy:
         ordered = self.resolve()

@@ -85,7 +85,8 @@ def _outcome(entry: SpdEntry | None, origin: Origin | None, direction: str) -> s
     template = entry.template
     assert template is not None
     rule_auth = origin.filter.rule.authentication
-    auth = rule_auth[0].describe() if rule_auth else "?"
+    # the methods in the administrator's order: an initiator tries them one after the other
+    auth = ", else ".join(m.describe() for m in rule_auth) or "?"
     mode = (
         f"tunnel mode to {template.tunnel_remote}"
         if template.mode == "tunnel"

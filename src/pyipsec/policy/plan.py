@@ -155,8 +155,12 @@ def _connection_changes(new: dict[str, Any], old: dict[str, Any]) -> list[Change
     for name, conn in new.items():
         peer = ", ".join(conn["remote_addrs"])
         children = ", ".join(conn["children"])
+        auth = " then ".join(
+            pair["local"].get("auth", "psk") for pair in [conn, *conn.get("alternatives", [])]
+        )
         if name not in old:
-            changes.append(Change("add", "connection", name, f"peer {peer}, children {children}"))
+            detail = f"peer {peer}, children {children}, authentication {auth}"
+            changes.append(Change("add", "connection", name, detail))
         elif old[name] != conn:
             fields = ", ".join(_diff_keys(old[name], conn))
             changes.append(Change("change", "connection", name, f"changed: {fields}"))
