@@ -250,6 +250,8 @@ class PeerConfig:
     ``over_time`` after it. ``fragment_size``: IKE fragmentation (RFC 7383) of messages
     larger than this (0 = never fragment). ``force_encap``: pretend to be behind a NAT
     (RFC 7296 2.23) so ESP runs in UDP 4500 even on a direct path (strongSwan's encap=yes).
+    ``auth_alternatives``: (local, remote) authentication pairs after ``local_auth``/
+    ``remote_auth``, in order (see the module docstring); identities stay the peer's.
     """
 
     name: str
