@@ -504,3 +504,21 @@ def test_certificates_both_ways_when_both_list_them_first(methods) -> None:
     assert a.counters.authentication_failures == 0
     assert b.status()["ike_sas"][0]["auth"] == "pubkey"
     assert a.status()["ike_sas"][0]["remote_id"] == B
+
+
+def test_auth_failure_with_a_retry_keeps_the_attempt_pending(pair) -> None:
+    """The IKE layer retries with the next method under a new handle: the attempt stays
+    pending (no second initiation) and a dynamic initiation's host follows the handle."""
+    from pyipsec.daemon.core import _Pending
+    from pyipsec.ike.events import AuthenticationFailed
+
+    loop, _, make = pair
+    a, _ = make()
+    key = ("web-db", "db", B)
+    a._pending[key] = _Pending("web-db", "db", loop.time(), B)
+    a._attempts[7] = B
+    a._auth_failed(AuthenticationFailed(7, "web-db", (B, 500), "rejected; trying psk", 9), 0.0)
+    assert key in a._pending and a._attempts == {9: B}
+    assert a.counters.authentication_failures == 1 and len(a.failures) == 1
+    a._auth_failed(AuthenticationFailed(9, "web-db", (B, 500), "rejected"), 0.0)
+    assert key not in a._pending and a.counters.authentication_failures == 2
