@@ -175,10 +175,15 @@ def test_udp_encapsulation_batches_per_sa():
     items = [(d, A4, B4) for d in dgrams]
     items.insert(3, (b"\xff", A4, B4))  # NAT keepalive
     items.insert(5, (b"\0\0\0\0" + b"ike", A4, B4))  # non-ESP marker: IKE
+    seen: list[tuple] = []
+    inn.on_ike = lambda *args: seen.append(args)
     inn.process_payloads(items, 50, 1.0, udp=True)
     assert tun.written == pkts
     st = inn.statistics()
     assert (st.nat_keepalives, st.non_esp) == (1, 1)
+    assert seen == [(b"\0\0\0\0ike", A4, B4, 4500)]  # no ports given: the NAT-T port
+    inn.process_payloads([(b"\0\0\0\0" + b"ike2", A4, B4)], 50, 1.0, udp=True, ports=[31000])
+    assert seen[-1] == (b"\0\0\0\0ike2", A4, B4, 31000)
 
 
 def test_bad_packets_counted_and_flow_continues():

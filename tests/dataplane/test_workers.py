@@ -114,8 +114,6 @@ class EventSink:
 def test_acquire_and_ike_events_reach_the_daemon_pipe():
     import ipaddress
 
-    from pyipsec.dataplane.workers import _split_ike
-
     events = EventSink()
     w = OutboundWorker(FakeConn([]), FakeTun(), SocketSender(None, None, None, None), POL,
                        events)  # fmt: skip
@@ -126,37 +124,35 @@ def test_acquire_and_ike_events_reach_the_daemon_pipe():
     assert events.events == [("acquire", "ab", "ab", "10.99.1.1", "10.99.1.2")]
     ike = b"\0\0\0\0" + b"IKE message"
     esp = b"\0\0\x10\x01esp..."
-    rest = _split_ike([(ike, dst, src), (esp, dst, src)], [4500, 4501], 4500, events)
-    assert rest == ([(esp, dst, src)], [4501])
+    w_in = InboundWorker(FakeConn([]), FakeTun(), [], events)
+    w_in.pipe.process_payloads([(ike, dst, src), (esp, dst, src)], 50, 0.0, udp=True)
     assert events.events[-1] == ("ike", ike, ("10.99.1.2", 4500), ("10.99.1.1", 4500))
+    assert dict(w_in.pipe.errors) == {"bad_spi_packets": 1}
 
 
-def test_split_ike_reports_the_real_source_port():
+def test_inbound_worker_forwards_ike_with_the_real_source_port():
     """IKE behind a NAT arrives from the NAT's port, not 4500: the event says so, so the
-    IKE SA answers there (RFC 7296 2.23); ESP and keepalives stay in the batch, in order."""
+    IKE SA answers there (RFC 7296 2.23); ESP and keepalives go on through the pipeline."""
     import ipaddress
 
-    from pyipsec.dataplane.workers import _split_ike
-
     events = EventSink()
+    w = InboundWorker(FakeConn([]), FakeTun(), [], events)
     nat = ipaddress.IPv4Address("192.0.2.9").packed
     me = ipaddress.IPv4Address("192.0.2.2").packed
     v6a = ipaddress.IPv6Address("2001:db8::9").packed
     v6b = ipaddress.IPv6Address("2001:db8::2").packed
     esp1, esp2 = b"\0\0\x10\x01" + b"a" * 20, b"\0\0\x10\x01" + b"b" * 20
     items = [(esp1, nat, me), (b"\0\0\0\0ike-1", nat, me), (b"\xff", nat, me),
-             (b"\0\0\0\0ike-2", v6a, v6b), (esp2, nat, me)]  # fmt: skip
-    rest = _split_ike(items, [31000, 31001, 31002, 40000, 31003], 4500, events)
-    assert rest == ([items[0], items[2], items[4]], [31000, 31002, 31003])
+             (b"\0\0\0\0ike-2" * 3, v6a, v6b), (esp2, nat, me), (b"\0\0\0\0", nat, me)]  # fmt: skip
+    w.pipe.process_payloads(items, 50, 0.0, udp=True,
+                            ports=[31000, 31001, 31002, 40000, 31003, 31004])  # fmt: skip
     assert events.events == [
         ("ike", b"\0\0\0\0ike-1", ("192.0.2.9", 31001), ("192.0.2.2", 4500)),
-        ("ike", b"\0\0\0\0ike-2", ("2001:db8::9", 40000), ("2001:db8::2", 4500)),
+        ("ike", b"\0\0\0\0ike-2" * 3, ("2001:db8::9", 40000), ("2001:db8::2", 4500)),
     ]
-    # a batch without IKE is handed on as it is (no copy on the hot path)
-    plain, ports = [(esp1, nat, me), (esp2, nat, me)], [31000, 31000]
-    rest, rest_ports = _split_ike(plain, ports, 4500, events)
-    assert rest is plain and rest_ports is ports
-    assert len(events.events) == 2
+    st = w.pipe.statistics()
+    assert (st.non_esp, st.nat_keepalives) == (3, 1)
+    assert dict(st.errors) == {"bad_spi_packets": 2}
 
 
 def test_inbound_udp_handler_forwards_ike_with_its_port():
@@ -182,7 +178,7 @@ def test_inbound_udp_handler_forwards_ike_with_its_port():
         for _ in range(50):
             select.select([rx], [], [], 0.1)
             got = drain() or got
-            if w.pipe.statistics().packets_received and events.events:
+            if w.pipe.statistics().packets_received >= 2:
                 break
         assert got
         assert events.events == [
@@ -190,7 +186,9 @@ def test_inbound_udp_handler_forwards_ike_with_its_port():
              ("127.0.0.1", rx.getsockname()[1])),
         ]  # fmt: skip
         st = w.pipe.statistics()
-        assert st.packets_received == 1 and dict(st.errors) == {"bad_spi_packets": 1}
+        # both datagrams were read; the IKE one went to the daemon
+        assert (st.packets_received, st.non_esp) == (2, 1)
+        assert dict(st.errors) == {"bad_spi_packets": 1}
         assert drain() is False
     finally:
         rx.close()

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 from pyipsec.errors import MalformedPacket, PacketError
 from pyipsec.ipsec.spd import Action, Spd
+from pyipsec.wire.esp import NATT_PORT
 from pyipsec.wire.flow import Flow
 from pyipsec.wire.ip import parse_flow
 
@@ -126,7 +127,7 @@ class InboundStatistics:
     packets_delivered: int  #: inner packets written to the TUN device
     bytes_delivered: int
     nat_keepalives: int  #: 0xFF one-byte NAT keepalives on port 4500 (RFC 3948 2.3)
-    non_esp: int  #: non-ESP-marker datagrams on 4500 (IKE: not the data plane's job)
+    non_esp: int  #: non-ESP-marker datagrams on 4500 (IKE: handed to ``on_ike``)
     errors: tuple[tuple[str, int], ...]  #: PacketError counters, bad_spi_packets included
     nat_mappings: int = 0  #: NatMapping reports made (verified ESP from a new address/port)
 
@@ -334,10 +335,17 @@ class InboundPipeline:
     """ESP/AH from the sockets -> SA by SPI -> decapsulate -> TUN. Owns the inbound SAs."""
 
     def __init__(
-        self, sink: PacketSink, *, on_mapping: Callable[[NatMapping], None] | None = None
+        self,
+        sink: PacketSink,
+        *,
+        on_mapping: Callable[[NatMapping], None] | None = None,
+        on_ike: Callable[[bytes, Any, Any, int], None] | None = None,
     ) -> None:
         self.sink = sink
         self.on_mapping = on_mapping
+        #: called with (datagram, src, dst, source port) for IKE on UDP 4500 (non-ESP
+        #: marker kept): the daemon's business, found while the batch is classified anyway
+        self.on_ike = on_ike
         #: (IP protocol number, SPI) -> (config, SA)
         self.sas: dict[tuple[int, int], tuple[Any, Any]] = {}
         #: ESP SPI -> (packed address, UDP port) the SA's packets are known to come from
@@ -405,7 +413,9 @@ class InboundPipeline:
 
         Addresses are packed bytes (what the sockets give) or strings. ``ports``, for
         UDP, holds each item's source port (index for index): a run of one SA that
-        verified from another (address, port) than known is reported (:class:`NatMapping`).
+        verified from another (address, port) than known is reported (:class:`NatMapping`),
+        and IKE messages (non-ESP marker) go to ``on_ike`` with their real source port
+        (behind a NAT, its mapping of the peer's 4500; 4500 when ``ports`` is None).
         """
         self._received += len(items)
         sas = self.sas
@@ -425,12 +435,16 @@ class InboundPipeline:
                     self._keepalives += 1
                 elif udp and n >= 4 and payload[:4] == b"\0\0\0\0":
                     self._non_esp += 1
+                    if n > 4 and self.on_ike is not None:  # too short: the endpoint counts it
+                        self.on_ike(payload, src, dst, NATT_PORT if ports is None else ports[i - 1])
                 else:
                     _bump(errors, MalformedPacket.counter)
                 continue
             spi = unpack_spi(payload, off)[0]
             if udp and spi == 0:  # non-ESP marker (RFC 3948 2.2): IKE
                 self._non_esp += 1
+                if self.on_ike is not None:
+                    self.on_ike(payload, src, dst, NATT_PORT if ports is None else ports[i - 1])
                 continue
             found = sas.get((proto, spi))
             if found is None:

@@ -40,7 +40,7 @@ from pyipsec.dataplane.pipeline import InboundPipeline, OutboundPipeline
 from pyipsec.ipsec.spd import Spd
 from pyipsec.platform.linux import sockets as sk
 from pyipsec.platform.linux.tun import Tun
-from pyipsec.wire.esp import NATT_PORT, NON_ESP_MARKER
+from pyipsec.wire.esp import NATT_PORT
 
 log = logging.getLogger("pyipsec.dataplane")
 
@@ -255,7 +255,17 @@ class InboundWorker(_Worker):
         self.receivers = receivers  # (kind, socket): kind raw4 | esp6 | ah6 | udp
         self.selectors: dict[str, list[Any]] = {}
         self.generation = [0]  #: bumped when ``selectors`` changes (SA selector caches)
-        self.pipe = InboundPipeline(tun, on_mapping=self._mapping)
+        self.pipe = InboundPipeline(tun, on_mapping=self._mapping, on_ike=self._ike)
+        self.local_port = NATT_PORT  #: the UDP socket's bound port (the "ike" event's local)
+
+    def _ike(self, data: bytes, src: Any, dst: Any, port: int) -> None:
+        """An IKE message on UDP 4500 (non-ESP marker kept) goes to the daemon with the
+        peer's real (address, port): behind a NAT that is the NAT's mapping of the peer's
+        4500, and the IKE SA must answer there (RFC 7296 2.23)."""
+        family = socket.AF_INET6 if len(src) == 16 else socket.AF_INET
+        remote = (socket.inet_ntop(family, src), port)
+        local = (socket.inet_ntop(family, dst), self.local_port)
+        _send_event(self.events, ("ike", data, remote, local))
 
     def _mapping(self, m: Any) -> None:
         log.info("SA %08x: authenticated ESP from a new NAT mapping %s:%d", m.spi, m.addr, m.port)
@@ -299,19 +309,15 @@ class InboundWorker(_Worker):
         udp = kind == "udp"
         recv = sk.recv_with_addrs
 
-        events = self.events
-        if udp and events is not None:
-            local_port = _bound_port(sock)
+        if udp and self.events is not None:
+            self.local_port = _bound_port(sock)
 
             def drain_udp() -> bool:
                 ports: list[int] = []
                 items = recv(sock, BATCH, ports)
-                if not items:
-                    return False
-                rest, ports = _split_ike(items, ports, local_port, events)
-                if rest:
-                    pipe.process_payloads(rest, proto, clock(), udp=True, ports=ports)
-                return True
+                if items:
+                    pipe.process_payloads(items, proto, clock(), udp=True, ports=ports)
+                return bool(items)
 
             return drain_udp
 
@@ -353,36 +359,6 @@ def _bound_port(sock: Any) -> int:
         return int(sock.getsockname()[1]) or NATT_PORT
     except (OSError, AttributeError, IndexError, TypeError):
         return NATT_PORT
-
-
-def _split_ike(
-    items: list[tuple[bytes, bytes, bytes]], ports: list[int], local_port: int, events: Any
-) -> tuple[list[tuple[bytes, bytes, bytes]], list[int]]:
-    """Forward IKE messages (non-ESP marker, RFC 3948 2.2) to the daemon; keep the rest
-    and their ports.
-
-    ``ports[i]`` is the UDP source port of ``items[i]``: the event carries the peer's
-    real (address, port), which is its NAT's mapping of port 4500 when it sits behind a
-    NAT, so the IKE SA answers and sends ESP-in-UDP there (RFC 7296 2.23). A batch
-    without IKE (the hot case) is returned as it is, without copying.
-    """
-    rest: list[tuple[bytes, bytes, bytes]] | None = None
-    rest_ports: list[int] = []
-    marker = NON_ESP_MARKER
-    for i, item in enumerate(items):
-        data = item[0]
-        if data[:4] == marker and len(data) > 4:
-            if rest is None:
-                rest = items[:i]
-                rest_ports = ports[:i]
-            family = socket.AF_INET6 if len(item[1]) == 16 else socket.AF_INET
-            src = socket.inet_ntop(family, item[1])
-            dst = socket.inet_ntop(family, item[2])
-            _send_event(events, ("ike", data, (src, ports[i]), (dst, local_port)))
-        elif rest is not None:
-            rest.append(item)
-            rest_ports.append(ports[i])
-    return (items, ports) if rest is None else (rest, rest_ports)
 
 
 def outbound_main(
