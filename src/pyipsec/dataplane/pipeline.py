@@ -21,7 +21,9 @@ Inbound, :meth:`InboundPipeline.process_ip4` (raw IPv4 ESP/AH: whole packets) an
 addresses)::
 
     SPI -> SA         dict lookup by (protocol, SPI), once per run of one SPI; a miss
-                      counts bad_spi_packets
+                      counts bad_spi_packets; on UDP 4500, SPI 0 is the non-ESP marker
+                      (RFC 3948 2.2): the IKE message goes to ``on_ike`` with its source
+                      port, and a lone 0xFF byte is a NAT keepalive
     decapsulate       replay check, ICV, decrypt, replay update, the inner packet checked
                       against the SA's selectors (SecurityAssociation does all of it; ESP
                       runs from UDP / IPv6 go through sa.decapsulate_esp_batch)
