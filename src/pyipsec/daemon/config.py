@@ -57,6 +57,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyipsec.crypto.files import load_certificates, load_private_key
 from pyipsec.dataplane.static import PolicyConfig, parse_policy
 from pyipsec.errors import ConfigError
 from pyipsec.ike.config import AuthConfig, ChildConfig, EndpointConfig, Identity, PeerConfig
@@ -243,25 +244,17 @@ def _read_secrets(path: str, *, config_file: str) -> dict[str, bytes]:
 
 
 def _load_pem_objects(section: Section, key: str, kind: str) -> tuple[Any, ...]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
+    """The key (``kind`` "key") or certificates named at ``key`` (a path or a list)."""
     objects: list[Any] = []
     top = section.value(key)
     for value in top.as_list() if isinstance(top.raw(), list) else [top]:
-        path = value.as_str()
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise value.error(f"cannot read {path}: {exc.strerror}") from None
         try:
             if kind == "key":
-                objects.append(serialization.load_pem_private_key(data, password=None))
+                objects.append(load_private_key(value.as_str()))
             else:
-                objects.extend(x509.load_pem_x509_certificates(data))
-        except (ValueError, TypeError) as exc:
-            raise value.error(f"{path} holds no valid PEM {kind}: {exc}") from None
+                objects.extend(load_certificates(value.as_str()))
+        except ConfigError as exc:
+            raise value.error(f"{value.as_str()}: {exc.reason}") from None
     return tuple(objects)
 
 

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pyipsec.crypto.files import load_certificate, load_crl, load_private_key
 from pyipsec.errors import ConfigError
 
 __all__ = [
@@ -126,46 +127,6 @@ def private_key_pem(key: Any) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def load_private_key(path: str | os.PathLike[str]) -> Any:
-    """Load an unencrypted PEM private key (errors never echo the file's content)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read private key: {exc.strerror}", key=str(path)) from None
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise ConfigError("not an unencrypted PEM private key", key=str(path)) from None
-
-
-def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
-    """Load one certificate, PEM or DER."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read certificate: {exc.strerror}", key=str(path)) from None
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise ConfigError(f"not a certificate ({exc})", key=str(path)) from None
-
-
-def load_crl(path: str | os.PathLike[str]) -> x509.CertificateRevocationList:
-    """Load a CRL, PEM or DER (for ``CertValidator(crls=...)``)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read CRL: {exc.strerror}", key=str(path)) from None
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise ConfigError(f"not a CRL ({exc})", key=str(path)) from None
 
 
 def _parse_ips(ips: Iterable[str]) -> list[x509.GeneralName]:
