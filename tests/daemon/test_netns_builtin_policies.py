@@ -276,8 +276,11 @@ def test_request_security_server_respond_only_client_and_plain_host(root: Path) 
         assert flows[(s_to_n, plain.addr4, 6)] and flows[(plain.addr4, s_to_n, 6)], flows
         assert not flows[(s_to_n, plain.addr4, 50)], f"S sent ESP to N: {flows}"
         assert flows[(s_to_n, plain.addr4, 1)], f"no clear echo reply from S: {flows}"
-        stats = s.call("statistics")
+        stats = json.loads(s.cli("stats", "--json").stdout)
         assert stats["unsecured_fallbacks"] >= 1, f"{stats}\n{_logs(s)}"
+        fallbacks = s.status()["fallbacks"]
+        assert [f["remote"] for f in fallbacks] == [plain.addr4], fallbacks
+        assert fallbacks[0]["connection"].startswith("all-ip-traffic"), fallbacks
         bypass = [
             r for r in _nft_rules(server)
             if r["chain"] == "output" and plain.addr4 in json.dumps(r["expr"])
@@ -353,9 +356,10 @@ def test_secure_servers_require_security(root: Path) -> None:
         assert result.startswith("failed"), result
         flows = _flows(frames, s1_to_n, plain.addr4)
         assert not flows[(s1_to_n, plain.addr4, 6)], f"S1 sent clear TCP to N: {flows}"
-        stats = s1.call("statistics")
-        assert stats["unsecured_fallbacks"] == 0, stats
+        stats = json.loads(s1.cli("stats", "--json").stdout)
+        assert stats["unsecured_fallbacks"] == 0 and not s1.status()["fallbacks"], stats
         assert stats["acquires"] >= 2, stats  # S2 and N
+        assert stats["held"] >= 1, stats  # S1's SYNs to N wait for an SA that never comes
 
         for run in runs:
             assert run.stop() == 0, run.read_log()
