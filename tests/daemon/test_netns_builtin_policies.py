@@ -259,11 +259,11 @@ def test_request_security_server_respond_only_client_and_plain_host(root: Path) 
         # N -> S: no answer to S's IKE; after the fallback delay, clear text both ways
         assert not _mentions(_nft_rules(server), plain.addr4), "S names N before any traffic"
         cap = topo.capture(server, "eth1")
+        started = time.monotonic()
         transfer = start_transfer(server, plain, s_to_n, 256 * 1024, port=5002,
                                   marker=MARKER, timeout=25)  # fmt: skip
         time.sleep(0.5)  # S is negotiating with N (or waiting to fall back) now
         assert plain.ping(s_to_n, count=1, timeout=2), "ping N -> S while S negotiates"
-        started = time.monotonic()
         try:
             sent, received = transfer.wait(timeout=40)
         except Exception as exc:
