@@ -248,3 +248,53 @@ def test_default_response_children_get_entries_last(tmp_path) -> None:
     entries = ordered_entries(service.state.policies)
     assert [e.name for e in entries][-1] == "default-response/default-response@10.1.0.9#n0"
     assert entries[-1].direction == "both" and entries[-1].priority >= 100
+
+
+def test_kernel_drop_counters_by_entry_action(tmp_path) -> None:
+    plane, service = _plane(tmp_path)
+    config = _config(
+        tmp_path,
+        """\
+        spd:
+          - {name: block-smtp, local: 10.1.0.1, remote: any, protocol: tcp,
+             remote_ports: 25, action: discard, priority: 0}
+        """,
+    )
+    plane.set_policies(config)
+    counters = {
+        "block-smtp/out": [3, 180], "block-smtp/fwd-in": [1, 60],
+        "web-db/db#0/out": [500, 70000],  # marked for IPsec: not a drop
+        "web-db/db#0/in": [7, 420], "web-db/db#0/fwd-in": [2, 120],
+        "fail-closed": [4, 240], "unknown/in": [9, 9],
+    }  # fmt: skip
+    assert plane._kernel_drops(counters) == {
+        "unprotected_packets_dropped": 9, "discarded_packets": 4, "fail_closed_drops": 4,
+    }  # fmt: skip
+
+
+def test_data_plane_control_under_the_daemon_is_read_only(tmp_path) -> None:
+    import json
+    import socket
+
+    from pyipsec.dataplane.service import Service
+    from pyipsec.dataplane.static import StaticConfig
+
+    service = Service(StaticConfig(sas=(), policies=()), control_path=str(tmp_path / "c"))
+    service.state.policies = compile_policies(_config(tmp_path))
+    from pyipsec.daemon.dataplane import _MANAGED, READ_ONLY_COMMANDS
+
+    def ask(command: str, **args) -> dict:
+        ours, theirs = socket.socketpair()
+        with ours:
+            ours.sendall(json.dumps({"id": 1, "command": command, "args": args}).encode() + b"\n")
+            service._handle(theirs, allowed=READ_ONLY_COMMANDS, why=_MANAGED)
+            theirs.close()
+            return json.loads(ours.makefile().readline())
+
+    refused = ask("policy-del", name="web-db/db#0")
+    assert not refused["ok"] and "managed by the pyipsec daemon" in refused["error"]["message"]
+    assert [p.name for p in service.state.policies] == ["web-db/db#0", "other/x#0"]
+    assert not ask("sa-add", sa={})["ok"] and not ask("shutdown")["ok"]
+    assert service.stopping is False
+    status = ask("status")
+    assert status["ok"] and status["result"]["policies"] == 2

@@ -251,10 +251,20 @@ def test_request_security_server_respond_only_client_and_plain_host(root: Path) 
             s_children[0]["spi_out"], s_children[0]["spi_in"]
         }, (c_children, s_children)  # fmt: skip
         assert c_children[0]["bytes_out"] >= size, c_children
-        # the daemon's control API lists no SPD; its kernel side (nftables) is the SPD
+        # the SPD: in nftables, and listed by the daemon's data plane (read-only)
         dynamic = _mentions(_nft_rules(client), s_to_c)
         assert dynamic and all("default-response" in d for d in dynamic), dynamic
         print("C's dynamic SPD rules:", dynamic)
+        pyipsec = (sys.executable, "-m", "pyipsec")
+        listed = json.loads(client.run(*pyipsec, "policy-entry", "list", "--json").stdout)
+        (entry,) = [e for e in listed if e.get("child", "").startswith("default-response/")]
+        assert entry["action"] == "protect" and s_to_c in entry["selector"], listed
+        assert entry["child"] == f"default-response/default-response@{s_to_c}", entry
+        assert entry["kernel_packets"] > 0, entry  # C's packets to S marked for IPsec
+        refused = client.run(*pyipsec, "policy-entry", "del", "--name", entry["name"], check=False)
+        assert refused.returncode != 0 and b"managed by the pyipsec daemon" in (
+            refused.stderr + refused.stdout
+        ), refused
 
         # N -> S: no answer to S's IKE; after the fallback delay, clear text both ways
         assert not _mentions(_nft_rules(server), plain.addr4), "S names N before any traffic"
@@ -346,6 +356,8 @@ def test_secure_servers_require_security(root: Path) -> None:
         result = _connect(plain, s1_to_n, 5002, 4)
         assert result.startswith("failed") and "timed out" in result, result
         assert _input_drops(s1_host) > before, _nft_rules(s1_host)
+        stats = json.loads(s1.cli("stats", "--json").stdout)
+        assert stats["unprotected_packets_dropped"] > 0, stats  # counted by the daemon too
         assert plain.ping(s1_to_n, count=2), "ping N -> S1 after the refused TCP"
 
         # S1 -> N: IKE gets no answer and there is no fallback: no clear text ever

@@ -39,6 +39,13 @@ from pyipsec.ike.ts import TsRange, parse_ts
 
 log = logging.getLogger("pyipsec.daemon.dataplane")
 
+#: data-plane control commands a daemon's data plane answers (it manages the rest)
+READ_ONLY_COMMANDS = frozenset({"status", "sa-list", "policy-list", "stats"})
+_MANAGED = (
+    "this data plane is managed by the pyipsec daemon: change its configuration and run "
+    "`pyipsec reload` (or `pyipsec up/down/rekey`)"
+)
+
 
 def _range_text(ts: TsRange) -> str:
     if ts.start_addr == ts.end_addr:
@@ -167,6 +174,9 @@ class LinuxDataplane:
         logging.getLogger("pyroute2").setLevel(logging.WARNING)
         for conn in self.service.event_conns:
             self.loop.add_reader(conn.fileno(), self._on_event, conn)
+        if self.service._lsock is not None:
+            self.service._lsock.setblocking(False)
+            self.loop.add_reader(self.service._lsock.fileno(), self._on_control)
         self.hooks.send_4500(self.service.send_udp)
 
     async def wait_failed(self) -> None:
@@ -178,7 +188,31 @@ class LinuxDataplane:
         for conn in self.service.event_conns:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(conn.fileno())
+        if self.service._lsock is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.service._lsock.fileno())
         self.service.shutdown()
+
+    # ------------------------------------------------------------------ control
+
+    def _on_control(self) -> None:
+        """The data plane's control socket, read-only under the daemon: ``pyipsec sa
+        list``, ``pyipsec policy-entry list`` and ``pyipsec dataplane`` status/stats work
+        as with a standalone data plane; changes go through the daemon's configuration."""
+        lsock = self.service._lsock
+        if lsock is None:
+            return
+        try:
+            conn, _ = lsock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("data plane control socket: %s", exc.strerror)
+            return
+        with conn:
+            conn.setblocking(True)
+            conn.settimeout(1.0)  # a local client sends one line at once; never stall IKE
+            self.service._handle(conn, allowed=READ_ONLY_COMMANDS, why=_MANAGED)
 
     # ------------------------------------------------------------------ events
 
@@ -391,4 +425,22 @@ class LinuxDataplane:
             for key, value in part.get("pipeline", {}).items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     totals[key] = totals.get(key, 0) + value
+        totals.update(self._kernel_drops(stats.get("kernel", {})))
         return totals
+
+    def _kernel_drops(self, counters: dict[str, Any]) -> dict[str, int]:
+        """Packets nftables dropped for the SPD (rule comments are ``<entry>/<chain>``):
+        clear text where a PROTECT entry wants IPsec, DISCARD entries, and protected
+        packets that would have left by another interface than the TUN (fail closed)."""
+        actions = {p.name: p.entry.action.value for p in self.service.state.policies}
+        out = {"unprotected_packets_dropped": 0, "discarded_packets": 0, "fail_closed_drops": 0}
+        for comment, value in counters.items():
+            packets = int(value[0]) if value else 0
+            entry, _, chain = comment.rpartition("/")
+            if comment == "fail-closed":
+                out["fail_closed_drops"] += packets
+            elif actions.get(entry) == "discard":
+                out["discarded_packets"] += packets
+            elif actions.get(entry) == "protect" and chain in ("in", "fwd-in"):
+                out["unprotected_packets_dropped"] += packets
+        return out

@@ -281,13 +281,24 @@ class Service:
         self.shutdown()
         return status
 
-    def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
+    def _handle(
+        self,
+        conn: socket.socket,
+        *,
+        allowed: frozenset[str] | None = None,
+        why: str = "",
+    ) -> None:
+        """Answer one request. ``allowed``: the only commands served (a data plane that
+        the daemon manages answers read-only ones; ``why`` says what to do instead)."""
+        if conn.gettimeout() is None:
+            conn.settimeout(10)
         try:
             with conn.makefile("rb") as f:
                 line = f.readline(1 << 20)
             req = json.loads(line)
             command, args = req["command"], req.get("args") or {}
+            if allowed is not None and command not in allowed:
+                raise PyipsecError(f"{command!r} refused: {why}")
             result = self.dispatch(command, args)
             resp = {"id": req.get("id"), "ok": True, "result": result}
         except PyipsecError as exc:
@@ -357,7 +368,7 @@ class Service:
             d = pol.to_dict()
             d["selector"] = str(e.selector)
             d["kernel_packets"] = sum(
-                v[0] for k, v in counters.items() if k.split("/")[0] == e.name
+                v[0] for k, v in counters.items() if k.rpartition("/")[0] == e.name
             )
             out.append(d)
         return out
