@@ -17,6 +17,8 @@ receive path now reports.
 from __future__ import annotations
 
 import os
+import signal
+import struct
 import sys
 import tempfile
 import time
@@ -25,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from netns import Host, Topology, ip_of_frame, start_transfer
+from netns import Capture, Host, Topology, ip_of_frame, start_transfer
 from netns_daemons import MARKER, DaemonRun
 
 pytestmark = [pytest.mark.netns]
@@ -154,6 +156,44 @@ def _udp_flows(frames: list[bytes], peer: str, me: str) -> tuple[set[tuple], boo
     return flows, marker, protos
 
 
+def _stop_timed(cap: Capture) -> list[tuple[float, bytes]]:
+    """Stop a capture; its frames with their capture times (``Capture.stop_raw`` drops
+    the times, which only serve here to print how long B took to follow the NAT)."""
+    time.sleep(0.3)
+    cap.host.stop(cap.proc, signal.SIGINT)
+    try:
+        with open(cap.path, "rb") as handle:
+            data = handle.read()
+    finally:
+        os.unlink(cap.path)
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    scale = 1e-9 if data[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
+    rec = struct.Struct(endian + "IIII")
+    out = []
+    off = 24
+    while off + 16 <= len(data):
+        sec, frac, caplen, _len = rec.unpack_from(data, off)
+        off += 16
+        out.append((sec + frac * scale, data[off : off + caplen]))
+        off += caplen
+    return out
+
+
+def _first(timed: list[tuple[float, bytes]], src: str, sport: int | None, dst: str,
+           dport: int | None) -> float | None:  # fmt: skip
+    """Time of the first UDP packet src:sport -> dst:dport (None: any port)."""
+    for when, frame in timed:
+        parsed = ip_of_frame(frame)
+        if parsed is None or parsed[3] != 17 or parsed[1] != src or parsed[2] != dst:
+            continue
+        packet = parsed[5]
+        ihl = (packet[0] & 15) * 4
+        sp = int.from_bytes(packet[ihl : ihl + 2], "big")
+        if (sport is None or sp == sport) and (dport is None or parsed[4] == dport):
+            return when
+    return None
+
+
 def _nat_port(flows: set[tuple], outside: str, me: str, dport: int) -> set[int]:
     return {f[1] for f in flows if f[0] == outside and f[2] == me and f[3] == dport}
 
@@ -229,7 +269,8 @@ def test_nat_mapping_change_mid_session_recovers(nat) -> None:
     _set_nat(topo.b, outside, 31000, 31100)
     _flush_conntrack(topo.b)
     sent, received = transfer.wait(timeout=180)
-    frames = cap.stop_raw()
+    timed = _stop_timed(cap)
+    frames = [frame for _, frame in timed]
     assert sent == received, "the transfer arrived damaged"
     assert sent[0] == SIZE
     flows, marker, protos = _udp_flows(frames, outside, me)
@@ -241,7 +282,14 @@ def test_nat_mapping_change_mid_session_recovers(nat) -> None:
     # B followed: it sent ESP-in-UDP / IKE to the new mapping
     from_b = {f[3] for f in flows if f[0] == me and f[1] == 4500}
     assert new <= from_b, flows
-    print(f"mapping moved {old} -> {new}; B sent to {sorted(from_b)}")
+    (new_port,) = new
+    moved_at = _first(timed, outside, new_port, me, 4500)
+    followed_at = _first(timed, me, 4500, outside, new_port)
+    assert moved_at is not None and followed_at is not None and followed_at >= moved_at
+    print(
+        f"mapping moved {old} -> {new}; B sent to {sorted(from_b)}; B followed "
+        f"{followed_at - moved_at:.2f} s after A's first packet from the new mapping"
+    )
     status = b.status()
     assert status["ike_sas"][0]["remote_addr"] == outside
     assert all(c["encap"] for c in status["child_sas"])
