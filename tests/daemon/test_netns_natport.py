@@ -79,7 +79,14 @@ def _flush_conntrack(router: Host) -> None:
 
 
 def _write(
-    topo: Topology, side: str, root: str, extra: dict[str, Any], child: dict[str, Any]
+    topo: Topology,
+    side: str,
+    root: str,
+    extra: dict[str, Any],
+    child: dict[str, Any],
+    *,
+    psk: str = "a shared secret across the NAT",
+    peer_id: str = "",
 ) -> DaemonRun:
     me = {"a": topo.a.addr4, "b": topo.c.addr4}[side]
     remote = [topo.c.addr4] if side == "a" else ["%any"]
@@ -89,9 +96,9 @@ def _write(
     secrets = os.path.join(directory, "secrets.yaml")
     fd = os.open(secrets, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write('psk:\n  nat: "a shared secret across the NAT"\n')
+        handle.write(f'psk:\n  nat: "{psk}"\n')
     sock = os.path.join(directory, "control.sock")
-    ids = {"a": "a@nat.test", "b": "b@nat.test"}
+    ids = {"a": peer_id or "a@nat.test", "b": "b@nat.test"}
     document = {
         "secrets": "secrets.yaml",
         "control_socket": sock,
@@ -295,3 +302,45 @@ def test_nat_mapping_change_mid_session_recovers(nat) -> None:
     assert all(c["encap"] for c in status["child_sas"])
     # B's data plane saw authenticated ESP from the new mapping (reported to the daemon)
     assert b.call("statistics").get("nat_mappings", 0) >= 1
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/lib/ipsec/charon"), reason="no strongSwan")
+def test_strongswan_initiator_behind_the_nat(nat) -> None:
+    """A peer nobody here wrote behind the NAT: strongSwan's charon in A initiates (real
+    NAT detection, no forced encapsulation) to ``pyipsec daemon`` in B."""
+    from strongswan import Charon, Child, Connection, Psk
+
+    topo = nat
+    outside, me = topo.b_c4, topo.c.addr4
+    secret = os.urandom(32)
+    child = Child("inner", [f"{INNER_A}/32"], [f"{INNER_B}/32"])
+    conn = Connection("nat", [topo.a.addr4], [me], "charon@nat.test", "b@nat.test", [child],
+                      encap=False)  # fmt: skip
+    charon = Charon(topo.a.ns, [conn], [Psk(("charon@nat.test", "b@nat.test"), secret)])
+    try:
+        root = tempfile.mkdtemp(prefix="pyi-natport-")
+        b = _write(topo, "b", root, {}, {}, psk=f"0x{secret.hex()}", peer_id="charon@nat.test")
+        b.start()
+        cap = topo.capture(topo.c, "eth0", snaplen=200)
+        charon.start()
+        charon.initiate("inner")
+        charon.wait_established("inner")
+        (child_b,) = b.wait_child()
+        assert child_b["encap"] is True, child_b
+        _transfer(topo, SIZE)
+        frames = cap.stop_raw()
+        flows, marker, protos = _udp_flows(frames, outside, me)
+        assert marker is False and protos == {17}, protos
+        natt = _nat_port(flows, outside, me, 4500)
+        assert len(natt) == 1 and all(30000 <= p <= 30100 for p in natt), flows
+        from_b = {(f[1], f[3]) for f in flows if f[0] == me}
+        assert (4500, *natt) in from_b, flows
+        assert from_b <= {(500, p) for p in _nat_port(flows, outside, me, 500)} | {(4500, *natt)}, (
+            flows
+        )
+        assert b.status()["child_sas"][0]["bytes_in"] >= SIZE
+    except BaseException:
+        print(charon.log_text()[-3000:])
+        raise
+    finally:
+        charon.close()
