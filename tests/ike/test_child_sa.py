@@ -48,3 +48,29 @@ def test_lifetimes_with_jitter():
     cfg = ChildConfig("c", rekey_time=100.0, jitter=20.0, life_time=150.0)
     assert lifetimes(cfg, 1000.0, 0.0) == (1100.0, 1150.0)
     assert lifetimes(cfg, 1000.0, 0.5) == (1090.0, 1150.0)
+
+
+def test_installed_event_carries_the_ike_ports():
+    """ChildSaInstalled names the IKE SA's ports (ESP-in-UDP goes to the remote one: a
+    NAT's mapping of the peer's 4500); the NAT-T port 4500 when the caller gives none."""
+    from pyipsec.ike.child_sa import ChildSa
+    from pyipsec.ike.ts import host_ts
+
+    chosen = Chosen(ProtocolId.ESP, 1, b"", ((TransformType.ENCR, EncrId.AES_GCM_16, 128),))
+    child = ChildSa(ChildConfig("c"), "responder", 0x1000, 0x2000, chosen, "tunnel",
+                    (host_ts("10.0.0.1"),), (host_ts("10.0.0.2"),), b"k" * 20, b"l" * 20,
+                    10.0, 100.0, 200.0, False, (b"i", b"r"))  # fmt: skip
+    ev = child.installed_event(
+        7,
+        encap_udp=True,
+        local_addr="192.0.2.2",
+        remote_addr="198.51.100.7",
+        remote_port=31000,
+        local_port=4500,
+    )
+    got = (ev.remote_addr, ev.remote_port, ev.local_port, ev.encap_udp)
+    assert got == ("198.51.100.7", 31000, 4500, True)
+    assert (ev.rekey_time, ev.life_time, ev.algorithm) == (90.0, 190.0, "aes128gcm16")
+    plain = child.installed_event(7, encap_udp=False, local_addr="192.0.2.2",
+                                  remote_addr="198.51.100.7")  # fmt: skip
+    assert (plain.remote_port, plain.local_port) == (4500, 4500)
