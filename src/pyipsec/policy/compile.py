@@ -57,8 +57,9 @@ from pyipsec.errors import ConfigError
 from pyipsec.ike.config import ChildConfig
 from pyipsec.ike.proposals import KE_KEYWORDS
 from pyipsec.ipsec.lifetime import Lifetime
-from pyipsec.ipsec.selectors import AddressRange, PortRange, Selector
+from pyipsec.ipsec.selectors import AddressRange, Selector
 from pyipsec.ipsec.spd import Action, SaTemplate, SpdEntry
+from pyipsec.policy.hostview import View, host_views, range_pairs, selectors_overlap, ts_strings
 from pyipsec.policy.model import AuthMethod, FilterAction, Policy, Rule
 from pyipsec.policy.order import ResolvedFilter, Resolver, host_ranges, order_filters
 from pyipsec.policy.order import resolve_filter as _resolve_filter
@@ -172,41 +173,8 @@ class CompiledPolicy:
         return {"psk": out}
 
 
-def _selectors_overlap(a: Selector, b: Selector) -> bool:
-    """Whether some packet matches both selectors (same local/remote orientation)."""
-    if a.protocol is not None and b.protocol is not None and a.protocol != b.protocol:
-        return False
-
-    def meet(x: AddressRange, y: AddressRange) -> bool:
-        same_family = not x.version or not y.version or x.version == y.version
-        return same_family and x.start <= y.end and y.start <= x.end
-
-    def ports(x: PortRange, y: PortRange) -> bool:
-        return x.start <= y.end and y.start <= x.end
-
-    return (
-        meet(a.local, b.local)
-        and meet(a.remote, b.remote)
-        and ports(a.local_ports, b.local_ports)
-        and ports(a.remote_ports, b.remote_ports)
-    )
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "rule"
-
-
-def _ts(r: AddressRange, protocol: int | None, ports: PortRange, other: AddressRange) -> list[str]:
-    """IKE traffic selector strings (pyipsec.ike.ts syntax) for one side."""
-    if r.version == 0:
-        versions = [other.version] if other.version else [4, 6]
-        addrs = ["0.0.0.0/0" if v == 4 else "::/0" for v in versions]
-    else:
-        addrs = [str(r)]
-    if protocol is None:
-        return addrs
-    suffix = f"[{protocol}]" if ports.is_any else f"[{protocol}/{ports}]"
-    return [a + suffix for a in addrs]
 
 
 def _pfs_group(methods: tuple[str, ...]) -> str:
@@ -214,61 +182,6 @@ def _pfs_group(methods: tuple[str, ...]) -> str:
         if token in KE_KEYWORDS:
             return token
     return "x25519"
-
-
-@dataclass
-class _View:
-    local: tuple[AddressRange, ...]
-    remote: tuple[AddressRange, ...]
-    lports: PortRange
-    rports: PortRange
-    direction: str
-
-
-def _views(rf: ResolvedFilter, me: tuple[AddressRange, ...], tunnel: bool) -> list[_View]:
-    f = rf.filter
-    if tunnel:
-        return [
-            _View(rf.source, rf.destination, f.source_ports, f.destination_ports,
-                  "both" if f.mirrored else "out")
-        ]  # fmt: skip
-    views: list[_View] = []
-    mine_src = tuple(h for h in me if any(r.contains(h.version, h.start) for r in rf.source))
-    mine_dst = tuple(h for h in me if any(r.contains(h.version, h.start) for r in rf.destination))
-    if mine_src and not all(r in me for r in rf.destination):  # not me -> me (loopback)
-        views.append(
-            _View(mine_src, rf.destination, f.source_ports, f.destination_ports,
-                  "both" if f.mirrored else "out")
-        )  # fmt: skip
-    if mine_dst and not all(r in me for r in rf.source):  # not me -> me (loopback)
-        view = _View(mine_dst, rf.source, f.destination_ports, f.source_ports,
-                     "both" if f.mirrored else "in")  # fmt: skip
-        for existing in views:
-            same = (existing.local, existing.remote, existing.lports, existing.rports)
-            if same == (view.local, view.remote, view.lports, view.rports):
-                if existing.direction != view.direction:
-                    existing.direction = "both"
-                break
-        else:
-            views.append(view)
-    return views
-
-
-_ICMP_FAMILY = {1: 4, 58: 6}  # ICMP is IPv4's, ICMPv6 IPv6's
-
-
-def _pairs(view: _View, protocol: int | None) -> list[tuple[AddressRange, AddressRange]]:
-    """(local, remote) range pairs of one address family (ICMP: of its own family)."""
-    out = []
-    for lo in view.local:
-        for re_ in view.remote:
-            version = lo.version or re_.version
-            if lo.version and re_.version and lo.version != re_.version:
-                continue
-            if protocol in _ICMP_FAMILY and version and version != _ICMP_FAMILY[protocol]:
-                continue
-            out.append((lo, re_))
-    return out
 
 
 def _auth(methods: tuple[AuthMethod, ...], host: HostContext, local: str, peer: str,
@@ -375,7 +288,7 @@ class _Compiler:
             found = False
             for filt in self.policy.filter_lists[rule.filter_list].filters:
                 rf = _resolve_filter(rule, filt, self.me, self.resolver, outcome)
-                if rule.tunnel is None and not _views(rf, self.me, False):
+                if rule.tunnel is None and not host_views(rf, self.me, False):
                     continue
                 applicable.append(rf)
                 found = True
@@ -450,11 +363,11 @@ class _Compiler:
     def add(self, rank: int, rf: ResolvedFilter) -> None:
         rule, f = rf.rule, rf.filter
         action = self.policy.filter_actions[rule.filter_action]
-        views = _views(rf, self.me, rule.tunnel is not None)
+        views = host_views(rf, self.me, rule.tunnel is not None)
         base = f"{_slug(rule.name)}.{rank + 1}"
         count = 0
         for view in views:
-            pairs = _pairs(view, f.protocol)
+            pairs = range_pairs(view, f.protocol)
             if not pairs:
                 raise f.where.error("its source and destination share no address family here")
             for local, remote in pairs:
@@ -473,7 +386,7 @@ class _Compiler:
                     continue
                 self.protect(rank, rf, action, view, local, remote, name, selector)
 
-    def protect(self, rank: int, rf: ResolvedFilter, action: FilterAction, view: _View,
+    def protect(self, rank: int, rf: ResolvedFilter, action: FilterAction, view: View,
                 local: AddressRange, remote: AddressRange, name: str,
                 selector: Selector) -> None:  # fmt: skip
         rule, f = rf.rule, rf.filter
@@ -493,8 +406,8 @@ class _Compiler:
         conn = self.connection(rule, action, peer, local_addr)
         child = self.child(
             conn, rule, action,
-            _ts(local, f.protocol, view.lports, remote),
-            _ts(remote, f.protocol, view.rports, local),
+            ts_strings(local, f.protocol, view.lports, remote),
+            ts_strings(remote, f.protocol, view.rports, local),
         )  # fmt: skip
         seconds = min(m.seconds for m in action.methods)
         kilobytes = min(m.kilobytes for m in action.methods)
@@ -536,7 +449,7 @@ class _Compiler:
                 why = f"a one-way ({entry.direction}) PROTECT entry"
             else:
                 for other in self.entries[:i]:
-                    if _selectors_overlap(other.selector, entry.selector):
+                    if selectors_overlap(other.selector, entry.selector):
                         why = f"PROTECT entries that overlap ({other.name}, {entry.name})"
                         break
             if why is None:
