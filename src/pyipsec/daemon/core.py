@@ -190,6 +190,18 @@ class Daemon(Commands):
         self.endpoint.receive_datagram(data, remote, self.clock(), local_addr=local)
         self._pump()
 
+    def peer_moved(self, inbound_spi: int, addr: tuple[str, int]) -> list[int]:
+        """Authenticated ESP of a Child SA came from a new NAT mapping (RFC 7296 2.23):
+        the outbound SPIs to redirect there ([] when the IKE layer refuses)."""
+        row = self.child_sas.get(inbound_spi)
+        if row is None or self.closed:
+            return []
+        spis = self.endpoint.peer_moved(row.ike_sa, addr, self.clock())
+        if spis:
+            log.info("IKE SA %d: peer moved to %s:%d (NAT mapping)", row.ike_sa, *addr)
+        self._pump()
+        return spis
+
     def acquire(self, src: str, dst: str, child: str | None = None) -> None:
         """The data plane holds a packet from ``src`` to ``dst`` with no SA: negotiate.
 

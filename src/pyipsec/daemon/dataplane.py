@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 from typing import Any
@@ -232,12 +233,26 @@ class LinuxDataplane:
         elif kind == "ike":
             _, data, remote, local = event
             self.hooks.ike_datagram(data, remote, local)
+        elif kind == "nat_mapping":
+            _, protocol, spi, _child, addr, port = event
+            self._peer_moved(protocol, spi, addr, port)
         elif kind == "sa_event":
             _, what, direction, _protocol, spi = event
             if what in ("soft", "soft_lifetime", "SoftLifetimeExpired"):
                 self.hooks.rekey_child(spi)
             else:
                 log.info("SA %08x (%s) event: %s", spi, direction, what)
+
+    def _peer_moved(self, protocol: str, inbound_spi: int, addr: str, port: int) -> None:
+        """Authenticated ESP from a new NAT mapping (RFC 7296 2.23): if the IKE layer
+        agrees, every outbound SA of that IKE SA sends its ESP-in-UDP there."""
+        for out_spi in self.hooks.nat_mapping(inbound_spi, (addr, port)):
+            with contextlib.suppress(Exception):
+                self.service._worker_call("outbound", ("set_peer", protocol, out_spi, addr, port))
+            for new_in, (old_out, cfg) in list(self._waiting.items()):
+                if cfg.spi == out_spi:  # a rekey successor not carrying traffic yet
+                    moved = dataclasses.replace(cfg, dst=addr, encap_dport=port)
+                    self._waiting[new_in] = (old_out, moved)
 
     # ------------------------------------------------------------------ Dataplane protocol
 

@@ -203,6 +203,11 @@ async def run(
                 network.use_dataplane_4500(send)  # type: ignore[attr-defined]
 
         @staticmethod
+        def nat_mapping(inbound_spi: int, addr: tuple[str, int]) -> list[int]:
+            daemon = holder.get("daemon")
+            return daemon.peer_moved(inbound_spi, addr) if daemon is not None else []
+
+        @staticmethod
         def rekey_child(inbound_spi: int) -> None:
             daemon = holder.get("daemon")
             if daemon is not None:
