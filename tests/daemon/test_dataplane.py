@@ -298,3 +298,38 @@ def test_data_plane_control_under_the_daemon_is_read_only(tmp_path) -> None:
     assert service.stopping is False
     status = ask("status")
     assert status["ok"] and status["result"]["policies"] == 2
+
+
+def test_nat_mapping_events_redirect_the_outbound_sas_the_ike_layer_names(tmp_path) -> None:
+    plane, service = _plane(tmp_path)
+    asked = []
+
+    class Hooks:
+        @staticmethod
+        def nat_mapping(inbound_spi, addr):
+            asked.append((inbound_spi, addr))
+            return [0x2001, 0x2002]
+
+    plane.hooks = Hooks
+    plane.install(_child_event(0x1001, 0x2001))
+    plane.install(_child_event(0x1002, 0x2002, rekeyed_from=0x2001))  # waiting successor
+    service.calls.clear()
+    sent = []
+    service._worker_call = lambda worker, msg: sent.append((worker, msg))
+    plane._dispatch(("nat_mapping", "esp", 0x1001, "web-db/db", "192.0.2.9", 31001))
+    assert asked == [(0x1001, ("192.0.2.9", 31001))]
+    assert sent == [
+        ("outbound", ("set_peer", "esp", 0x2001, "192.0.2.9", 31001)),
+        ("outbound", ("set_peer", "esp", 0x2002, "192.0.2.9", 31001)),
+    ]
+    (_, moved) = plane._waiting[0x1002]  # the successor starts sending to the new place
+    assert (moved.dst, moved.encap_dport) == ("192.0.2.9", 31001)
+
+
+def test_nat_mapping_refused_by_the_ike_layer_changes_nothing(tmp_path) -> None:
+    plane, service = _plane(tmp_path)
+    plane.hooks = type("Hooks", (), {"nat_mapping": staticmethod(lambda spi, addr: [])})
+    plane.install(_child_event(0x1001, 0x2001))
+    service.calls.clear()
+    plane._dispatch(("nat_mapping", "esp", 0x1001, "web-db/db", "192.0.2.9", 31001))
+    assert service.calls == []
