@@ -150,3 +150,14 @@ def test_protected_flow_lists_the_authentication_methods_in_order() -> None:
         "authenticated by certificate issued by /etc/ca.pem, else pre-shared key 'web-db'"
         in result.outcome
     )
+
+
+def test_request_security_names_each_host_as_peer_and_the_fallback() -> None:
+    host = HostContext((A,), certificate="/c.pem", private_key="/k.pem")
+    compiled = compile_policy(example_policy("Server (Request Security)"), host)
+    tcp = explain(compiled, make_flow(A, "192.0.2.7", "tcp", 0, 443)).text()
+    assert "the other host of each packet as peer (one IKE SA per host)" in tcp
+    assert "in clear if the peer does not answer within 3 s" in tcp
+    assert "the most specific of the 1 filter(s) matching this packet (number 2" in tcp
+    icmp = explain(compiled, make_flow(A, "192.0.2.7", "icmp", 8, 0)).text()
+    assert "the most specific of the 2 filter(s) matching this packet (number 1" in icmp

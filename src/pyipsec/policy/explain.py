@@ -92,10 +92,15 @@ def _outcome(entry: SpdEntry | None, origin: Origin | None, direction: str) -> s
         if template.mode == "tunnel"
         else "transport mode"
     )
+    peer = (
+        "the other host of each packet as peer (one IKE SA per host)"
+        if origin.peer == "%any"
+        else f"peer {origin.peer}"
+    )
     text = (
         f"protected with {template.protocol.upper()} ({' or '.join(template.algorithms)}) in "
-        f"{mode}: Child SA {template.child!r} of connection {origin.connection!r} with peer "
-        f"{origin.peer}, authenticated by {auth}; negotiated on the first packet"
+        f"{mode}: Child SA {template.child!r} of connection {origin.connection!r} with "
+        f"{peer}, authenticated by {auth}; negotiated on the first packet"
     )
     if direction == "in":
         text += "; clear text arriving from the peer is dropped (only what its SA decrypts passes)"
@@ -168,8 +173,8 @@ class Explanation:
         lines.append(f"  result:  {self.outcome}")
         if self.origin is not None:
             lines.append(
-                f"  why:     the most specific matching filter (rank {self.origin.rank + 1} "
-                f"of {len(self.losers) + 1} matching)"
+                f"  why:     the most specific of the {len(self.losers) + 1} filter(s) matching "
+                f"this packet (number {self.origin.rank + 1} in this host's order)"
             )
         for rf, why in self.losers:
             lines.append(f"  loses:   rule {rf.rule.name!r}, filter {rf.filter.label}: {why}")

@@ -98,7 +98,7 @@ class Plan:
         if self.secrets_needed:
             lines.append("pre-shared keys needed: " + ", ".join(self.secrets_needed))
         if self.requires:
-            lines.append("needs daemon capabilities: " + ", ".join(self.requires))
+            lines.append("uses daemon capabilities: " + ", ".join(self.requires))
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
