@@ -522,3 +522,128 @@ def test_auth_failure_with_a_retry_keeps_the_attempt_pending(pair) -> None:
     assert a.counters.authentication_failures == 1 and len(a.failures) == 1
     a._auth_failed(AuthenticationFailed(9, "web-db", (B, 500), "rejected"), 0.0)
     assert key not in a._pending and a.counters.authentication_failures == 2
+
+
+# ------------------------------------------------- both sides initiating at once
+
+
+def _one_pair_each(a: Daemon, b: Daemon) -> bool:
+    return (
+        len(a.ike_sas) == 1
+        and len(b.ike_sas) == 1
+        and len(a.child_sas) == 1
+        and len(b.child_sas) == 1
+        and len(a.dataplane.installed) == 1
+        and len(b.dataplane.installed) == 1
+    )
+
+
+def test_simultaneous_start_leaves_one_ike_sa_and_one_child_pair(pair) -> None:
+    """Both daemons start the connection in the same instant: each side first holds two
+    IKE SAs (one initiated, one answered); after the grace the duplicate goes, deleted by
+    its initiator alone, and both sides keep the same IKE SA (the lower SPI pair) and the
+    same Child SA pair."""
+    loop, _, make = pair
+    a, b = make(start="start")
+    assert run_until(loop, lambda: len(a.child_sas) == 2 and len(b.child_sas) == 2)
+    assert len(a.ike_sas) == 2 and len(b.ike_sas) == 2  # the duplicate exists
+    pairs = sorted((r.spi_i, r.spi_r) for r in a.ike_sas.values())
+    assert pairs == sorted((r.spi_i, r.spi_r) for r in b.ike_sas.values())
+    run_until(loop, lambda: False, timeout=a.duplicates.grace * 0.5)
+    assert len(a.ike_sas) == 2 and len(b.ike_sas) == 2  # nothing goes within the grace
+    assert run_until(loop, lambda: _one_pair_each(a, b), timeout=5)
+    (row_a,), (row_b,) = a.ike_sas.values(), b.ike_sas.values()
+    assert (row_a.spi_i, row_a.spi_r) == (row_b.spi_i, row_b.spi_r) == min(pairs)
+    assert row_a.initiator != row_b.initiator
+    (sa_a,), (sa_b,) = a.dataplane.installed.values(), b.dataplane.installed.values()
+    assert sa_a.inbound_spi == sa_b.outbound_spi and sa_a.outbound_spi == sa_b.inbound_spi
+    assert sa_a.inbound_key == sa_b.outbound_key and sa_a.ike_sa == row_a.handle
+    # exactly one side deleted, and it was the initiator of the duplicate
+    deleted = {d: d.counters.duplicate_ike_sas_deleted for d in (a, b)}
+    assert sorted(deleted.values()) == [0, 1]
+    deleter = a if deleted[a] else b
+    assert (deleter.ike_sas[next(iter(deleter.ike_sas))].initiator) is False
+    assert deleter.statistics()["duplicate_ike_sas_deleted"] == 1
+    # the duplicate's Child SA pair left both data planes; nothing else did
+    assert len(a.dataplane.removed) == 1 and len(b.dataplane.removed) == 1
+    assert a.dataplane.removed[0].inbound_spi == b.dataplane.removed[0].outbound_spi
+    run_until(loop, lambda: False, timeout=1.0)  # nobody restarts the connection again
+    assert _one_pair_each(a, b) and a.counters.ike_sa_additions == 2
+
+
+def test_duplicate_kept_by_the_peer_is_deleted_by_the_side_that_answered_it(pair) -> None:
+    """A peer that does not apply the rule (strongSwan) keeps its duplicate: the side that
+    answered it deletes it after the longer responder grace; the keeper stays."""
+    loop, _, make = pair
+    a, b = make(start="start")
+    for d in (a, b):
+        d.duplicates.responder_grace = 3.0
+    b.duplicates.resolve = lambda *args: ([], None)  # B never acts
+    assert run_until(loop, lambda: len(a.child_sas) == 2 and len(b.child_sas) == 2)
+    keep = min((r.spi_i, r.spi_r) for r in a.ike_sas.values())
+    assert run_until(loop, lambda: _one_pair_each(a, b), timeout=6)
+    (row,) = a.ike_sas.values()
+    assert (row.spi_i, row.spi_r) == keep
+    assert a.counters.duplicate_ike_sas_deleted == 1 and b.counters.duplicate_ike_sas_deleted == 0
+
+
+def test_children_the_keeper_lacks_are_moved_before_the_duplicate_goes(tmp_path) -> None:
+    """A traps child tcp while B traps child udp, at once: two IKE SAs with a different
+    child each. The deleting side first negotiates the missing child inside the IKE SA
+    that stays; at the end one IKE SA carries both children on both sides."""
+    loop = asyncio.new_event_loop()
+    net = FakeNetwork(loop)
+    daemons = []
+    for me, peer in ((A, B), (B, A)):
+        daemon = Daemon(
+            _two_children(tmp_path, me, peer), net.port(me), FakeDataplane(),
+            clock=loop.time, loop=loop,
+        )  # fmt: skip
+        net.hosts[me] = daemon.datagram
+        daemons.append(daemon)
+    a, b = daemons
+    try:
+        a.acquire(A, B, "web-db/tcp")
+        b.acquire(B, A, "web-db/udp")
+        assert run_until(loop, lambda: len(a.ike_sas) == 2 and len(b.ike_sas) == 2)
+
+        def done() -> bool:
+            return all(
+                len(d.ike_sas) == 1
+                and sorted(c.name for c in d.child_sas.values()) == ["tcp", "udp"]
+                and {c.ike_sa for c in d.child_sas.values()} == set(d.ike_sas)
+                for d in (a, b)
+            )
+
+        assert run_until(loop, done, timeout=8)
+        in_a = {c.name: (c.spi_in, c.spi_out) for c in a.child_sas.values()}
+        in_b = {c.name: (c.spi_out, c.spi_in) for c in b.child_sas.values()}
+        assert in_a == in_b
+        assert a.counters.duplicate_ike_sas_deleted + b.counters.duplicate_ike_sas_deleted == 1
+    finally:
+        for daemon in daemons:
+            daemon.close()
+        loop.close()
+
+
+def test_hosts_of_an_any_connection_resolve_per_remote_host(hosts) -> None:
+    """Two "Secure Server" hosts trap each other's first packets at once (one IKE SA per
+    host pair after the grace); S's IKE SA with a third host is no duplicate of them."""
+    loop, make = hosts
+    s = make(S, initiate=True)
+    c = make(C, initiate=True)
+    n = make(N, initiate=False)
+    s.acquire(S, C, "any/all")
+    c.acquire(C, S, "any/all")
+    s.acquire(S, N, "any/all")
+    assert run_until(loop, lambda: len(s.ike_sas) == 3 and len(c.ike_sas) == 2)
+    assert run_until(loop, lambda: len(s.ike_sas) == 2 and len(c.ike_sas) == 1, timeout=5)
+    assert sorted(r.remote_addr for r in s.ike_sas.values()) == [C, N]
+    assert len(n.ike_sas) == 1 and len(n.child_sas) == 1
+    (to_c,) = [r for r in s.ike_sas.values() if r.remote_addr == C]
+    (row_c,) = c.ike_sas.values()
+    assert (to_c.spi_i, to_c.spi_r) == (row_c.spi_i, row_c.spi_r)
+    (child_c,) = c.child_sas.values()
+    (child_s,) = [x for x in s.child_sas.values() if x.ike_sa == to_c.handle]
+    assert child_s.spi_in == child_c.spi_out and child_s.spi_out == child_c.spi_in
+    assert s.counters.duplicate_ike_sas_deleted + c.counters.duplicate_ike_sas_deleted == 1

@@ -19,6 +19,7 @@ STAT_LABELS: list[tuple[str, str]] = [
     ("negotiation_failures", "Negotiation failures"),
     ("nat_keepalives_sent", "NAT keepalives sent"),
     ("unsecured_fallbacks", "Unsecured fallbacks (hosts without IPsec)"),
+    ("duplicate_ike_sas_deleted", "Duplicate Main Mode SAs deleted"),
     ("active_fallbacks", "Hosts talked to in clear after fallback"),
     ("unprotected_packets_dropped", "Clear-text packets dropped (IPsec required)"),
     ("discarded_packets", "Packets dropped by block rules"),

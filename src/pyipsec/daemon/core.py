@@ -8,7 +8,9 @@ The core is a thin adapter, in the manner of aioquic's asyncio layer:
 * events become data-plane actions (install / remove SAs), rows of the SA tables the
   monitor shows, counters, and messages for ``watch`` clients;
 * acquires from the data plane (the first packet of a trapped flow without an SA)
-  start the matching connection.
+  start the matching connection;
+* duplicate IKE SAs of a simultaneous initiation are resolved to one per peer
+  (the rule is in :mod:`pyipsec.daemon.duplicates`).
 
 Both boundaries are small protocols (:class:`IkeNetwork`, :class:`Dataplane`) with
 real implementations in :mod:`pyipsec.daemon.io` and fakes in the tests, so two
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 
 from pyipsec.daemon.commands import Commands
 from pyipsec.daemon.config import DaemonConfig
+from pyipsec.daemon.duplicates import Duplicates, preferred
 from pyipsec.daemon.dynamic import Fallbacks, is_dynamic, narrow_child, peer_for
 from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow
 from pyipsec.errors import PyipsecError
@@ -128,6 +131,9 @@ class Daemon(Commands):
         self.fallbacks = Fallbacks()
         self._attempts: dict[int, str] = {}  #: IKE SA handle -> host, dynamic initiations
         self._fallback_timer: asyncio.TimerHandle | None = None
+        self.duplicates = Duplicates()
+        self._duplicate_timer: asyncio.TimerHandle | None = None
+        self._duplicate_at: float | None = None
         self.closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -180,6 +186,8 @@ class Daemon(Commands):
             self._keepalive_timer.cancel()
         if self._fallback_timer is not None:
             self._fallback_timer.cancel()
+        if self._duplicate_timer is not None:
+            self._duplicate_timer.cancel()
 
     # ------------------------------------------------------------------ inputs
 
@@ -246,9 +254,11 @@ class Daemon(Commands):
             for row in self.child_sas.values()
         ):
             return
-        established = [h for h, row in self.ike_sas.items() if row.name == peer.name]
-        if established and child is not None:
-            self.endpoint.create_child(established[0], child, now)
+        established = preferred(
+            self.ike_sas, [h for h, row in self.ike_sas.items() if row.name == peer.name]
+        )
+        if established is not None and child is not None:
+            self.endpoint.create_child(established, child, now)
         else:
             self.endpoint.initiate(peer, child, now)
         self._pending[key] = _Pending(peer.name, key[1], now)
@@ -279,7 +289,7 @@ class Daemon(Commands):
         if any(c.name == child_name and c.ike_sa in ike for c in self.child_sas.values()):
             return
         if ike:
-            self.endpoint.create_child(ike[0], child, now)
+            self.endpoint.create_child(preferred(self.ike_sas, ike) or ike[0], child, now)
         else:
             handle = self.endpoint.initiate(peer_for(peer, remote), child, now)
             self._attempts[handle] = remote
@@ -317,6 +327,77 @@ class Daemon(Commands):
                 self.initiate_to(action.connection, action.child, action.local, action.remote)
         self._pump()
         self._arm_fallbacks(now)
+
+    # ------------------------------------------------------------------ duplicates
+
+    def _arm_duplicates(self, when: float, now: float) -> None:
+        """Look at duplicate IKE SAs at ``when`` (or earlier, if already due then)."""
+        if self.closed or (self._duplicate_at is not None and self._duplicate_at <= when):
+            return
+        if self._duplicate_timer is not None:
+            self._duplicate_timer.cancel()
+        self._duplicate_at = when
+        self._duplicate_timer = self.loop.call_later(max(0.0, when - now), self._on_duplicates)
+
+    def _on_duplicates(self) -> None:
+        """Delete the duplicate IKE SAs this side must delete (see
+        :mod:`pyipsec.daemon.duplicates`), after moving children the keeper lacks."""
+        self._duplicate_timer = self._duplicate_at = None
+        if self.closed:
+            return
+        now = self.clock()
+        actions, when = self.duplicates.resolve(self.ike_sas, self.child_sas, now)
+        for action in actions:
+            row, keeper = self.ike_sas[action.ike_sa], self.ike_sas[action.keeper]
+            try:
+                if action.kind == "move":
+                    self._move_children(keeper, action.children, now)
+                    continue
+                self.endpoint.delete_ike(action.ike_sa, now)
+            except PyipsecError as exc:
+                log.warning("resolving duplicate IKE SA [%d] failed: %s", action.ike_sa, exc)
+                continue
+            self.counters.duplicate_ike_sas_deleted += 1
+            log.info(
+                "deleting duplicate IKE SA %s[%d] with %s (SPIs %s_i %s_r, %s): "
+                "keeping [%d] (SPIs %s_i %s_r, the lower pair)",
+                row.name,
+                action.ike_sa,
+                row.remote_addr,
+                row.spi_i,
+                row.spi_r,
+                "ours" if row.initiator else "the peer's",
+                action.keeper,
+                keeper.spi_i,
+                keeper.spi_r,
+            )
+            self._emit("duplicate-deleted", name=row.name, ike_sa=action.ike_sa,
+                       keeper=action.keeper)  # fmt: skip
+        self._pump()
+        if when is not None:
+            self._arm_duplicates(when, now)
+
+    def _move_children(self, keeper: IkeSaRow, children: tuple[str, ...], now: float) -> None:
+        """Negotiate ``children`` inside the IKE SA that stays, before its duplicate goes."""
+        peer = self.config.endpoint.peer(keeper.name)
+        if peer is None:
+            return
+        for name in children:
+            configured = peer.child(name)
+            if configured is None:
+                continue
+            remote = keeper.remote_addr if is_dynamic(peer) else ""
+            child = (
+                narrow_child(configured, keeper.local_addr, keeper.remote_addr)
+                if remote
+                else configured
+            )
+            if child is None:
+                continue
+            log.info("negotiating child %s inside IKE SA %s[%d] that stays",
+                     name, keeper.name, keeper.handle)  # fmt: skip
+            self.endpoint.create_child(keeper.handle, child, now)
+            self._pending[(keeper.name, name, remote)] = _Pending(keeper.name, name, now, remote)
 
     # ------------------------------------------------------------------ the pump
 
@@ -393,6 +474,14 @@ class Daemon(Commands):
             event.proposal,
         )
         self._emit("ike-up", name=event.peer, ike_sa=event.ike_sa, remote=event.remote_addr[0])
+        if self.duplicates.has_duplicate(self.ike_sas, event.ike_sa):
+            log.info(
+                "IKE SA %s[%d] duplicates another IKE SA with %s (both sides initiated)",
+                event.peer,
+                event.ike_sa,
+                event.remote_addr[0],
+            )
+            self._arm_duplicates(now + self.duplicates.grace, now)
 
     def _ike_rekeyed(self, event: IkeSaRekeyed, now: float) -> None:
         self.counters.ike_rekeys += 1

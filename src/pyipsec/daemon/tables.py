@@ -70,6 +70,7 @@ class Counters:
     failed_reloads: int = 0
     nat_keepalives_sent: int = 0
     unsecured_fallbacks: int = 0  #: hosts that got clear text after failed negotiation
+    duplicate_ike_sas_deleted: int = 0  #: duplicates of a simultaneous initiation we deleted
 
 
 @dataclass
