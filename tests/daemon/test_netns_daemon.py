@@ -194,3 +194,69 @@ def test_forced_udp_encapsulation(topo) -> None:
     protos, marker = wire_summary(frames, topo.a.addr4, topo.b.addr4)
     assert protos == {17} and marker is False, protos
     assert a.call("status")["ike_sas"][0]["remote_addr"] == topo.b.addr4
+
+
+def test_both_sides_start_at_once_one_ike_sa_remains(topo) -> None:
+    """Both daemons start the connection (``start_action: start``) at the same moment:
+    each first holds two IKE SAs to the other (one initiated, one answered). A 5 MB
+    hash-checked transfer starts as soon as the first Child SA is up and runs while the
+    duplicate is resolved; at the end each side lists one IKE SA and one Child SA pair
+    (the same pair), and the wire never carried the plaintext."""
+    import threading
+
+    a, b = write_pair(topo, start_a="start", start_b="start")
+    errors: list[BaseException] = []
+
+    def start(run) -> None:
+        try:
+            run.start()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(run,)) for run in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    cap = topo.capture(topo.b, "eth0")
+    a.wait_child()
+    b.wait_child()
+    transfer = start_transfer(topo.b, topo.a, topo.b.addr4, 5 * 1024 * 1024,
+                              marker=MARKER, rate=1_000_000, timeout=60)  # fmt: skip
+    resolved_during = False
+    try:
+        deadline = time.monotonic() + 60
+        while transfer.sender.poll() is None and time.monotonic() < deadline:
+            deleted = [r.call("statistics")["duplicate_ike_sas_deleted"] for r in (a, b)]
+            if sum(deleted) and transfer.sender.poll() is None:
+                resolved_during = True
+                break
+            time.sleep(0.2)
+        sent, received = transfer.wait(timeout=90)
+    finally:
+        frames = cap.stop_raw()
+    assert resolved_during, "the duplicate was not resolved while the transfer ran"
+    assert sent == received, "the transfer arrived damaged"
+    assert sent[0] == 5 * 1024 * 1024
+    protos, marker = wire_summary(frames, topo.a.addr4, topo.b.addr4)
+    assert marker is False, "plaintext marker seen on the wire"
+    assert protos and protos <= {50, 17}, f"unexpected protocols on the wire: {protos}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status_a, status_b = a.status(), b.status()
+        if all(len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1
+               for s in (status_a, status_b)):  # fmt: skip
+            break
+        time.sleep(0.2)
+    logs = a.read_log() + b.read_log()
+    (ike_a,), (ike_b,) = status_a["ike_sas"], status_b["ike_sas"]
+    (child_a,), (child_b,) = status_a["child_sas"], status_b["child_sas"]
+    assert (ike_a["spi_i"], ike_a["spi_r"]) == (ike_b["spi_i"], ike_b["spi_r"]), logs
+    assert child_a["spi_in"] == child_b["spi_out"] and child_a["spi_out"] == child_b["spi_in"]
+    stats_a, stats_b = a.call("statistics"), b.call("statistics")
+    # the duplicate existed (each side brought up two IKE SAs) and one side deleted it
+    assert stats_a["ike_sa_additions"] == 2 and stats_b["ike_sa_additions"] == 2, logs
+    assert stats_a["duplicate_ike_sas_deleted"] + stats_b["duplicate_ike_sas_deleted"] == 1
+    assert "Duplicate Main Mode SAs deleted" in a.cli("stats").stdout
+    assert topo.a.ping(topo.b.addr4, count=2)
