@@ -248,3 +248,20 @@ def test_nat_mapping_event_and_set_peer_command():
     plain = bytes([0x45, 0, 0, 20 + len(udp), 0, 0, 0, 0, 64, 17, 0, 0]) + src + dst + udp
     ow.pipe.process([plain], 1.0)
     assert [addr for _, addr in udp_sock.sent] == [("10.99.1.2", 31077)]
+
+
+def test_socket_sender_batches_real_sockets_only():
+    """A real socket gets the sendmmsg sender, a fake (or mmsg=False) one sendto per packet."""
+    import socket
+
+    from pyipsec.platform.linux.sockets import RawBatchSender
+
+    real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s = SocketSender(real, FakeSock(), None, None)
+        assert isinstance(s._batcher(4), RawBatchSender)
+        assert not isinstance(s._batcher(6), RawBatchSender)
+        off = SocketSender(real, None, None, None, mmsg=False)
+        assert not isinstance(off._batcher(4), RawBatchSender)
+    finally:
+        real.close()

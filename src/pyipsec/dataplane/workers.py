@@ -78,22 +78,37 @@ class ChildSelectors:
 
 
 class SocketSender:
-    """:class:`pyipsec.dataplane.pipeline.Sender` over the real sockets."""
+    """:class:`pyipsec.dataplane.pipeline.Sender` over the real sockets.
 
-    def __init__(self, raw4: Any, raw6: Any, udp4: Any, udp6: Any, *, gso: bool = True) -> None:
+    Whole packets (raw ESP/AH, transport and tunnel mode without UDP) go out through
+    :class:`pyipsec.platform.linux.sockets.RawBatchSender`: one ``sendmmsg`` per batch of
+    one SA instead of one ``sendto`` per packet (``mmsg=False``, or a socket that is not a
+    real ``socket.socket`` as in tests, sends packet by packet). A packet the kernel
+    refuses counts in ``send_errors`` and never costs the others of its batch.
+    """
+
+    def __init__(
+        self, raw4: Any, raw6: Any, udp4: Any, udp6: Any, *, gso: bool = True, mmsg: bool = True
+    ) -> None:
         self.raw = {4: raw4, 6: raw6}
         self.udp = {4: udp4, 6: udp6}
         self.gso = gso
+        self.mmsg = mmsg
         self.send_errors = 0
+        self._batchers: dict[int, Any] = {}
+
+    def _batcher(self, version: int) -> Any:
+        sock = self.raw[version]
+        if self.mmsg and isinstance(sock, socket.socket):
+            b = sk.RawBatchSender(sock, BATCH)
+        else:
+            b = _EachSender(sock)
+        self._batchers[version] = b
+        return b
 
     def send_ip(self, packets: list[bytes], version: int, dst: str) -> None:
-        sock = self.raw[version]
-        addr = (dst, 0)
-        for p in packets:
-            try:
-                sock.sendto(p, addr)
-            except OSError:
-                self.send_errors += 1
+        b = self._batchers.get(version) or self._batcher(version)
+        self.send_errors += b.send(packets, dst)
 
     def send_udp(self, datagrams: list[bytes], version: int, addr: tuple[str, int]) -> None:
         sock = self.udp[version]
@@ -104,6 +119,24 @@ class SocketSender:
             sk.send_gso(sock, datagrams, addr, gso=self.gso)
         except OSError:
             self.send_errors += 1
+
+
+class _EachSender:
+    """One ``sendto`` per packet (the path without ``sendmmsg``); returns the errors."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    def send(self, packets: list[bytes], dst: str) -> int:
+        addr = (dst, 0)
+        errors = 0
+        sendto = self.sock.sendto
+        for p in packets:
+            try:
+                sendto(p, addr)
+            except OSError:
+                errors += 1
+        return errors
 
 
 def _die_with_parent() -> None:

@@ -5,7 +5,8 @@ plane's own packets first and they never loop back into the TUN device.
 
 * Sending whole ESP/AH packets: ``AF_INET``/``AF_INET6`` ``SOCK_RAW`` ``IPPROTO_RAW``; the
   header is included (IPv6 IPPROTO_RAW sockets imply IPV6_HDRINCL), so AH's ICV over the
-  exact header stays valid.
+  exact header stays valid. A batch goes out in one ``sendmmsg(2)`` (:class:`RawBatchSender`,
+  libc's through ctypes: the socket module has none).
 * Receiving ESP (50) and AH (51): raw sockets of those protocols. IPv4 delivers the IP header
   with the payload; IPv6 does not, so the destination address comes from IPV6_PKTINFO. Having
   such a socket open also stops the kernel's ICMP protocol-unreachable answers.
@@ -21,6 +22,8 @@ block pass MSG_DONTWAIT.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import socket
 import struct
 from collections.abc import Iterable
@@ -185,6 +188,166 @@ def send_gso(sock: socket.socket, datagrams: list[bytes], addr: tuple, *, gso: b
         calls += 1
         i = j
     return calls
+
+
+# --------------------------------------------------------------------------- sendmmsg
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+def _bytes_data_offset() -> int:
+    """Offset of a ``bytes`` object's data from its ``id()`` (CPython: 32 on 64-bit),
+    checked against what ctypes itself reports for a probe; -1 when they disagree."""
+    probe = bytes(range(7)) * 3
+    addr = ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value or 0
+    off = addr - id(probe)
+    return off if 0 < off < 128 and ctypes.string_at(id(probe) + off, 21) == probe else -1
+
+
+def _load_sendmmsg() -> object | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sendmmsg
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SENDMMSG = _load_sendmmsg()
+#: below this many packets per call ``sendto`` is as cheap (measured over a veth: 1.5 us
+#: per packet saved at 64 packets, 0.4 us lost at 1 packet, even at 2-4)
+MMSG_MIN = 4
+_BYTES_OFF = _bytes_data_offset()
+
+
+class RawBatchSender:
+    """Whole IP packets to one destination through ``sendmmsg(2)``: one system call for
+    up to ``batch`` packets on a raw IPPROTO_RAW socket (header included).
+
+    Python's socket module has no ``sendmmsg``; this calls libc's through ctypes with
+    an ``mmsghdr``/``iovec`` array allocated once and reused. Each ``iovec`` points at
+    the ``bytes`` object's own buffer (no copy): only its address and length are written
+    per packet, through a ``memoryview`` over the array (two item stores). The caller's
+    list keeps the packets alive during the call. Every message names the same
+    ``sockaddr`` buffer, rewritten when the destination changes.
+
+    A packet the kernel refuses (EMSGSIZE, EPERM from the firewall, ...) costs only
+    itself: ``sendmmsg`` returns how many went out before it, the refused one is counted
+    and skipped, and the rest go out in the next call. Without ``sendmmsg`` (old libc,
+    ENOSYS, a non-CPython ``bytes`` layout) every packet goes out with ``sendto``.
+    """
+
+    def __init__(self, sock: socket.socket, batch: int = GSO_MAX_SEGMENTS) -> None:
+        self.sock = sock
+        self.batch = batch
+        self.family = int(sock.family)
+        self.calls = 0  #: system calls made (sendmmsg or sendto)
+        self._fd = sock.fileno()
+        self._fn = _SENDMMSG if _BYTES_OFF > 0 else None
+        self._dst: str | None = None
+        self._name = ctypes.create_string_buffer(28)  # sockaddr_in6 is the larger
+        self._iov = (_Iovec * batch)()
+        self._msgs = (_Mmsghdr * batch)()
+        base = ctypes.addressof(self._iov)
+        size = ctypes.sizeof(_Iovec)
+        for i in range(batch):
+            hdr = self._msgs[i].msg_hdr
+            hdr.msg_name = ctypes.addressof(self._name)
+            hdr.msg_iov = base + i * size
+            hdr.msg_iovlen = 1
+        # the iovecs as unsigned 64-bit words: base, length, base, length, ...
+        self._msgs_addr = ctypes.addressof(self._msgs)
+        self._words = memoryview(self._iov).cast("B").cast("Q") if size == 16 else None
+        if self._words is None:
+            self._fn = None
+
+    @property
+    def batched(self) -> bool:
+        """Whether sends go through ``sendmmsg`` (False: the ``sendto`` fallback)."""
+        return self._fn is not None
+
+    def _set_dst(self, dst: str) -> None:
+        if self.family == _AF_INET6:
+            addr = struct.pack("=HHI16sI", _AF_INET6, 0, 0, socket.inet_pton(_AF_INET6, dst), 0)
+        else:
+            addr = struct.pack("=HH4s8x", _AF_INET, 0, socket.inet_pton(_AF_INET, dst))
+        ctypes.memmove(self._name, addr, len(addr))
+        for i in range(self.batch):
+            self._msgs[i].msg_hdr.msg_namelen = len(addr)
+        self._dst = dst
+
+    def send(self, packets: list[bytes], dst: str) -> int:
+        """Send ``packets`` (``bytes`` each) to ``dst``; returns how many the kernel
+        refused (each counted once, the others still sent). Fewer than
+        :data:`MMSG_MIN` packets go out with ``sendto``: the ctypes call costs more
+        than the system calls it would save."""
+        if self._fn is None or len(packets) < MMSG_MIN:
+            return self._send_each(packets, dst, 0)
+        if dst != self._dst:
+            self._set_dst(dst)
+        words = self._words
+        off = _BYTES_OFF
+        fd = self._fd
+        fn = self._fn
+        msgs = self._msgs_addr
+        n = len(packets)
+        batch = self.batch
+        errors = 0
+        i = 0
+        while i < n:
+            k = n - i if n - i < batch else batch
+            w = 0
+            for p in packets[i : i + k]:
+                if type(p) is not bytes:  # only bytes has the layout the offset is for
+                    return errors + self._send_each(packets, dst, i)
+                words[w] = id(p) + off
+                words[w + 1] = len(p)
+                w += 2
+            sent = fn(fd, msgs, k, 0)
+            self.calls += 1
+            if sent > 0:
+                i += sent
+                continue
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            if err == errno.ENOSYS:  # a kernel without sendmmsg: never try again
+                self._fn = None
+                return errors + self._send_each(packets, dst, i)
+            errors += 1  # the first packet of this call was refused: skip it alone
+            i += 1
+        return errors
+
+    def _send_each(self, packets: list[bytes], dst: str, start: int) -> int:
+        sendto = self.sock.sendto
+        addr = (dst, 0)
+        errors = 0
+        for p in packets[start:]:
+            self.calls += 1
+            try:
+                sendto(p, addr)
+            except OSError:
+                errors += 1
+        return errors
 
 
 def close_all(socks: Iterable[socket.socket]) -> None:
