@@ -7,13 +7,13 @@ from pyipsec.daemon.tables import ChildSaRow, IkeSaRow
 
 
 def ike(handle: int, spi_i: str, spi_r: str, *, initiator: bool, at: float = 0.0,
-        name: str = "web-db", remote: str = "10.0.0.2", remote_id: str = "10.0.0.2"
-        ) -> IkeSaRow:  # fmt: skip
+        name: str = "web-db", remote: str = "10.0.0.2", remote_id: str = "10.0.0.2",
+        port: int = 500) -> IkeSaRow:  # fmt: skip
     return IkeSaRow(
         handle=handle, name=name, local_addr="10.0.0.1", remote_addr=remote,
         local_id="10.0.0.1", remote_id=remote_id, auth="psk",
         proposal="aes128gcm16-prfsha256-x25519", initiator=initiator,
-        spi_i=spi_i, spi_r=spi_r, established=at, rekey_at=None,
+        spi_i=spi_i, spi_r=spi_r, established=at, rekey_at=None, remote_port=port,
     )  # fmt: skip
 
 
@@ -69,7 +69,8 @@ def test_different_connection_address_or_identity_is_no_duplicate() -> None:
         ike(1, "01", "01", initiator=True),
         ike(2, "02", "02", initiator=True, name="other"),
         ike(3, "03", "03", initiator=True, remote="10.0.0.3", remote_id="10.0.0.3"),
-        ike(4, "04", "04", initiator=True, remote_id="host-behind-the-same-nat"),
+        ike(4, "04", "04", initiator=True, remote_id="another-host"),
+        ike(5, "05", "05", initiator=True, port=4500),  # another host behind the same NAT
     )
     rule = Duplicates()
     assert not any(rule.has_duplicate(sas, h) for h in sas)

@@ -454,6 +454,7 @@ class Daemon(Commands):
             name=event.peer,
             local_addr=event.local_addr[0],
             remote_addr=event.remote_addr[0],
+            remote_port=event.remote_addr[1],
             local_id=event.local_id,
             remote_id=event.remote_id,
             auth=event.auth or (peer.local_auth.method if peer is not None else "?"),

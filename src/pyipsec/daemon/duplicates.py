@@ -9,18 +9,18 @@ the SA tables show noise. RFC 7296 leaves this alone (2.8.1/2.8.2 resolve *rekey
 collisions only), so both daemons apply one rule that each reaches from its own tables,
 without talking:
 
-**The rule.** IKE SAs are duplicates when they belong to the same connection, the same
-remote address and the same authenticated remote identity (a connection toward many
-hosts has one IKE SA per host; two hosts behind one NAT share an address but not an
-identity). Of a set of duplicates the one with the numerically lowest (initiator SPI,
-responder SPI) pair is kept. Both sides see the same SPIs for every SA (NAT-proof, unlike
-addresses), so both name the same keeper. Each other SA is deleted (RFC 7296 Delete) by
-the side that *initiated* it, :data:`GRACE` seconds after the later of the two came up,
-so a Child SA being created inside the duplicate is not torn down mid-exchange. The side
-that answered it deletes it only if it is still there :data:`RESPONDER_GRACE` seconds
-later (a peer that does not apply the rule, e.g. strongSwan): both sides may then delete
-the *same* SA, which RFC 7296 handles (each answers the other's Delete), but never each
-other's, so the keeper survives.
+**The rule.** IKE SAs are duplicates when they belong to the same connection and have
+the same remote address, remote IKE port and authenticated remote identity (a connection
+toward many hosts has one IKE SA per host; two hosts behind one NAT share an address but
+get different ports). Of a set of duplicates the one with the numerically lowest
+(initiator SPI, responder SPI) pair stays. Both sides see the same SPIs for every SA
+(NAT-proof, unlike addresses), so both name the same keeper. Every other SA is deleted
+(RFC 7296 Delete) by the side that *initiated* it, :data:`GRACE` seconds after the later
+of the two came up, so a Child SA being created inside the duplicate is not torn down
+mid-exchange. The side that answered it deletes it only if it is still there
+:data:`RESPONDER_GRACE` seconds later (a peer that does not apply the rule, e.g.
+strongSwan): both sides may then delete the *same* SA, which RFC 7296 handles (each
+answers the other's Delete), but never each other's, so the keeper survives.
 
 **Traffic never stops.** The duplicate goes only once the keeper carries every child the
 duplicate carries (the data plane's older SA of the child then takes over outbound
@@ -51,9 +51,10 @@ def sa_order(row: IkeSaRow) -> tuple[int, int]:
     return (int(row.spi_i or "0", 16), int(row.spi_r or "0", 16))
 
 
-def group_key(row: IkeSaRow) -> tuple[str, str, str]:
-    """IKE SAs with equal keys are duplicates: (connection, remote address, remote id)."""
-    return (row.name, row.remote_addr, row.remote_id)
+def group_key(row: IkeSaRow) -> tuple[str, str, int, str]:
+    """IKE SAs with equal keys are duplicates: (connection, remote address, remote port,
+    remote identity)."""
+    return (row.name, row.remote_addr, row.remote_port, row.remote_id)
 
 
 def preferred(ike_sas: Mapping[int, IkeSaRow], handles: Iterable[int]) -> int | None:
@@ -110,7 +111,7 @@ class Duplicates:
     ) -> tuple[list[DuplicateAction], float | None]:
         """The actions due at ``now`` and when to look again (None: no duplicate left
         for which we will ever act)."""
-        groups: dict[tuple[str, str, str], list[int]] = {}
+        groups: dict[tuple[str, str, int, str], list[int]] = {}
         for handle, row in ike_sas.items():
             groups.setdefault(group_key(row), []).append(handle)
         children: dict[int, set[str]] = {}

@@ -33,6 +33,7 @@ class IkeSaRow:
     established: float
     rekey_at: float | None
     state: str = "ESTABLISHED"
+    remote_port: int = 0  #: the peer's IKE port when the SA came up (500, 4500, a NAT's)
 
 
 @dataclass
