@@ -452,3 +452,29 @@ def test_a_per_host_child_releases_what_its_connection_held_for_that_host():
     out.add_sa(cfg, cfg.build(), 2.0)
     assert [dst for _, dst, _ in sender.ip] == [B4]  # the other host's packet still waits
     assert out.statistics().held == 1
+
+
+def test_ipv6_ah_whole_packets_with_extension_headers():
+    """process_ip6: whole IPv6 AH packets (headers rebuilt by sockets.recv_ah6) verify
+    with a destination options header in front of AH; bad ones are counted."""
+    out, sender, inn, tun = pair(6, protocol="ah", alg="sha256")
+    plain = udp6(payload=b"d" * 300)
+    # IPv6 | destination options (PadN) | UDP, as a sticky IPV6_DSTOPTS socket sends it
+    dst_opts = bytes([17, 0, 1, 4, 0, 0, 0, 0])
+    with_opts = bytearray(plain[:40] + dst_opts + plain[40:])
+    with_opts[6] = 60
+    with_opts[4:6] = (len(with_opts) - 40).to_bytes(2, "big")
+    pkts = [plain, bytes(with_opts)]
+    out.process([*pkts, bytes(with_opts)], 1.0)
+    sent = [p for _, _, p in sender.ip]
+    assert sent[1][6] == 60 and sent[1][40] == 51  # AH after the options
+    inn.process_ip6(sent[:2], 1.0)
+    assert tun.written == pkts and not inn.errors
+    tampered = bytearray(sent[2])
+    tampered[44] ^= 1  # the option data is immutable (PadN): covered by the ICV
+    unknown = bytearray(sent[0])
+    unknown[44:48] = b"\0\0\x99\x99"  # another SPI
+    inn.process_ip6([bytes(tampered), bytes(unknown), sent[0][:44]], 1.0)
+    assert tun.written == pkts
+    assert dict(inn.errors) == {"packets_not_authenticated": 1, "bad_spi_packets": 1,
+                                "malformed_packets": 1}  # fmt: skip

@@ -163,6 +163,7 @@ except socket.timeout:
     pass
 bodies = [g[20:] if family == socket.AF_INET else g for g in got]
 print(json.dumps({"errors": errors, "small": small, "calls": b.calls, "batched": b.batched,
+                  "too_big": [p[0] >> 4 and len(p) for p in b.too_big],
                   "got": [[d[0], len(d)] for d in bodies]}))
 """
 
@@ -172,8 +173,9 @@ print(json.dumps({"errors": errors, "small": small, "calls": b.calls, "batched":
 @pytest.mark.parametrize("mode", ["mmsg", "sendto"])
 def test_raw_batch_sender_real_socket(version, mode):
     """Header-included packets through sendmmsg (batches of 4) arrive whole and in order
-    on a raw receiver; the two packets above the MTU are refused, counted once each, and
-    cost no other packet (one refused first in its call, one in the middle of a call)."""
+    on a raw receiver; the two packets above the MTU are refused, handed back once each
+    (``too_big``), and cost no other packet (one refused first in its call, one in the
+    middle of a call)."""
     import json
 
     from netns import run_in_netns
@@ -184,7 +186,9 @@ def test_raw_batch_sender_real_socket(version, mode):
     want = [[i, n] for i, n in zip([1, 2, 3, 4, 5, 7, 8, 9, 10], sizes)] + [[1, 100], [2, 200]]
     # IPv6 raw sockets deliver the payload only; IPv4 ones the header too (cut above)
     assert res["got"] == want
-    assert res["errors"] == 2 and res["small"] == 0
+    # refused as too big (EMSGSIZE): handed back for fragmenting, not counted as errors
+    assert res["errors"] == 0 and res["small"] == 0
+    assert res["too_big"] == [3000 + (20 if version == 4 else 40)] * 2
     assert res["batched"] is (mode == "mmsg")
     if mode == "mmsg":
         # 11 packets in calls of at most 4: 0 refused (the call fails), 1-4 sent,
@@ -208,7 +212,7 @@ def test_raw_batch_sender_sendto_fallback_for_other_objects():
 
         def sendto(self, data, addr):
             if len(data) > 5:
-                raise OSError(90, "too long")
+                raise OSError(101, "unreachable")
             self.sent.append((bytes(data), addr))
 
     s = Sock()

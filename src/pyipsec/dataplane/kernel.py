@@ -14,6 +14,7 @@ Chains (SPD order is rule order; the first matching rule decides, as in the SPD)
     input / forward   type filter, priority filter     (arriving packets)
         iifname pyipsec0 accept             decapsulated: the SA checked its selectors
         meta l4proto {esp, ah} accept; udp dport {500, 4500} accept
+        nfproto ipv6 frag nexthdr {esp, ah} accept   (IPv6 reassembles after this hook)
         PROTECT in-selector -> counter drop  (plaintext that should have been protected)
         BYPASS  in-selector -> accept
         DISCARD in-selector -> counter drop
@@ -164,6 +165,11 @@ def compile_ruleset(entries: Iterable[SpdEntry], cfg: RoutingConfig) -> list[dic
     for chain in ("input", "forward"):
         body.append(_rule(chain, [_match(_meta("iifname"), tun), ACCEPT]))
         body.append(_rule(chain, [_match(_meta("l4proto"), ipsec_protos), ACCEPT]))
+        # IPv6 reassembles after the input hook: fragments of an ESP/AH packet (their
+        # fragment header names ESP/AH) are accepted here and reassembled into it
+        frag = {"exthdr": {"name": "frag", "field": "nexthdr"}}
+        v6 = _match(_meta("nfproto"), "ipv6")
+        body.append(_rule(chain, [v6, _match(frag, ipsec_protos), ACCEPT]))
         body.append(_rule(chain, nd))
         body.append(
             _rule(

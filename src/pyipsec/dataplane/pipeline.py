@@ -17,8 +17,9 @@ Outbound, one call of :meth:`OutboundPipeline.process` per batch read from the T
     send batch        per SA: raw sends, or UDP datagrams grouped for UDP_SEGMENT (GSO)
 
 Inbound, :meth:`InboundPipeline.process_ip4` (raw IPv4 ESP/AH: whole packets) and
-:meth:`InboundPipeline.process_payloads` (IPv6 raw sockets and UDP 4500: payload plus outer
-addresses)::
+:meth:`InboundPipeline.process_payloads` (IPv6 raw ESP and UDP 4500: payload plus outer
+addresses; IPv6 AH arrives whole, its header chain rebuilt, through
+:meth:`InboundPipeline.process_ip6`)::
 
     SPI -> SA         dict lookup by (protocol, SPI), once per run of one SPI; a miss
                       counts bad_spi_packets; on UDP 4500, SPI 0 is the non-ESP marker
@@ -402,6 +403,33 @@ class InboundPipeline:
         if done:
             self.sink.write_batch(done)
 
+    def process_ip6(self, packets: list[bytes], now: float) -> None:
+        """Whole IPv6 packets carrying AH after any extension headers (the IPv6 raw AH
+        socket's payload with its header chain rebuilt: AH's ICV covers those headers)."""
+        self._received += len(packets)
+        sas = self.sas
+        done: list[bytes] = []
+        errors = self.errors
+        for pkt in packets:
+            nh, off, n = pkt[6], 40, len(pkt)
+            while (nh == 0 or nh == 43 or nh == 60) and off + 2 <= n:
+                nh, off = pkt[off], off + (pkt[off + 1] + 1) * 8
+            if nh != 51 or n < off + 8:
+                _bump(errors, MalformedPacket.counter)
+                continue
+            found = sas.get((51, _SPI.unpack_from(pkt, off + 4)[0]))
+            if found is None:
+                _bump(errors, "bad_spi_packets")
+                continue
+            try:
+                done.append(found[1].decapsulate(pkt, now))
+            except PacketError as exc:
+                _bump(errors, exc.counter)
+        if done:
+            self._delivered += len(done)
+            self._bytes += sum(map(len, done))
+            self.sink.write_batch(done)
+
     def process_payloads(
         self,
         items: list[tuple[bytes, str | bytes, str | bytes]],
@@ -528,7 +556,8 @@ def _ipv6_header(payload: bytes, src: str | bytes, dst: str | bytes) -> bytes:
 
     Traffic class, flow label and hop limit are mutable and zeroed for AH's ICV (RFC 4302
     3.3.3.1.2), so rebuilding them as 0 / 64 is exact. Extension headers that preceded AH
-    are not visible to the socket; packets carrying them fail the ICV and are counted.
+    are not visible here (packets carrying them fail the ICV and are counted): the data
+    plane's AH socket goes through ``sockets.recv_ah6`` and :meth:`process_ip6` instead.
     """
     return _V6HDR.pack(
         6 << 28,

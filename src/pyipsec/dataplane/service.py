@@ -188,7 +188,7 @@ class Service:
         ]
         ctx = multiprocessing.get_context("fork")
         policies = list(self.state.policies)
-        sender = SocketSender(raw4, raw6, udp4, udp6, gso=self.gso)
+        sender = SocketSender(raw4, raw6, udp4, udp6, gso=self.gso, mark=mark)
         for name, target, args in (
             ("outbound", outbound_main, (tun, sender, policies)),
             ("inbound", inbound_main, (tun, receivers, policies)),

@@ -27,8 +27,10 @@ This module is the I/O boundary: it reads the clock and passes ``now`` to the pi
 from __future__ import annotations
 
 import ctypes
+import errno
 import ipaddress
 import logging
+import os
 import select
 import signal
 import socket
@@ -36,17 +38,21 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from pyipsec.dataplane.fragments import Reassembler6, fragment6, fragment_header_offset
 from pyipsec.dataplane.pipeline import InboundPipeline, OutboundPipeline
+from pyipsec.errors import MalformedPacket
 from pyipsec.ipsec.spd import Spd
 from pyipsec.platform.linux import sockets as sk
 from pyipsec.platform.linux.tun import Tun
 from pyipsec.wire.esp import NATT_PORT
+from pyipsec.wire.ip import parse_flow
 
 log = logging.getLogger("pyipsec.dataplane")
 
 BATCH = 64
 ROUNDS = 16  #: batches drained per wake-up before the control pipe is looked at again
 PR_SET_PDEATHSIG = 1
+_V6_EXT = frozenset((0, 43, 44, 60))  #: Next Header values that may lead to a fragment header
 
 
 class ChildSelectors:
@@ -88,13 +94,24 @@ class SocketSender:
     """
 
     def __init__(
-        self, raw4: Any, raw6: Any, udp4: Any, udp6: Any, *, gso: bool = True, mmsg: bool = True
+        self,
+        raw4: Any,
+        raw6: Any,
+        udp4: Any,
+        udp6: Any,
+        *,
+        gso: bool = True,
+        mmsg: bool = True,
+        mark: int = 0,
     ) -> None:
         self.raw = {4: raw4, 6: raw6}
         self.udp = {4: udp4, 6: udp6}
         self.gso = gso
         self.mmsg = mmsg
         self.send_errors = 0
+        self.fragmented = 0  #: packets sent as IPv6 fragments (above the route's MTU)
+        self.mark = mark
+        self._frag_id = int.from_bytes(os.urandom(4), "big")
         self._batchers: dict[int, Any] = {}
 
     def _batcher(self, version: int) -> Any:
@@ -109,6 +126,28 @@ class SocketSender:
     def send_ip(self, packets: list[bytes], version: int, dst: str) -> None:
         b = self._batchers.get(version) or self._batcher(version)
         self.send_errors += b.send(packets, dst)
+        if b.too_big:
+            self._too_big(b, version, dst)
+
+    def _too_big(self, b: Any, version: int, dst: str) -> None:
+        """IPv6 packets above the route's MTU (a transport mode datagram reassembled
+        from the TUN's fragments, now with AH/ESP) go out as fragments; anything else
+        that big is an error."""
+        big, b.too_big = b.too_big, []
+        if version != 6:
+            self.send_errors += len(big)
+            return
+        mtu = sk.route_mtu6(dst, self.mark)
+        for p in big:
+            self._frag_id = (self._frag_id + 1) & 0xFFFFFFFF
+            try:
+                frags = fragment6(p, mtu, self._frag_id)
+            except ValueError:
+                self.send_errors += 1
+                continue
+            self.fragmented += 1
+            self.send_errors += b.send(frags, dst) + len(b.too_big)
+            b.too_big = []
 
     def send_udp(self, datagrams: list[bytes], version: int, addr: tuple[str, int]) -> None:
         sock = self.udp[version]
@@ -126,6 +165,7 @@ class _EachSender:
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
+        self.too_big: list[bytes] = []
 
     def send(self, packets: list[bytes], dst: str) -> int:
         addr = (dst, 0)
@@ -134,8 +174,11 @@ class _EachSender:
         for p in packets:
             try:
                 sendto(p, addr)
-            except OSError:
-                errors += 1
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    self.too_big.append(p)
+                else:
+                    errors += 1
         return errors
 
 
@@ -222,6 +265,45 @@ class OutboundWorker(_Worker):
             self.spd.add(p.entry)
         self.sender = sender
         self.pipe = OutboundPipeline(self.spd, sender, on_acquire=self._acquire)
+        self.reassembly = Reassembler6()
+
+    def whole(self, batch: list[bytes], now: float) -> list[bytes]:
+        """``batch`` with the IPv6 fragments bound for a transport mode SA (raw ESP/AH)
+        replaced by their reassembled datagrams, once complete: transport mode does not
+        carry fragments (RFC 4301 section 7), and the kernel fragments a datagram larger
+        than the TUN's MTU before the data plane sees it. The SA's packet goes out
+        fragmented again (:meth:`SocketSender.send_ip`). Tunnel mode carries fragments
+        as they are. Costs one test per IPv4 packet."""
+        for p in batch:
+            if p[0] >> 4 == 6 and p[6] in _V6_EXT:
+                break
+        else:
+            return batch
+        out = []
+        for p in batch:
+            if (
+                p[0] >> 4 == 6
+                and p[6] in _V6_EXT
+                and fragment_header_offset(p) > 0
+                and self._to_transport(p)
+            ):
+                done = self.reassembly.add(p, now)
+                if done is not None:
+                    out.append(done)
+            else:
+                out.append(p)
+        return out
+
+    def _to_transport(self, packet: bytes) -> bool:
+        try:
+            flow = parse_flow(packet)
+        except MalformedPacket:
+            return False
+        entry = self.spd.lookup(flow, "out")
+        if entry is None or entry.template is None:
+            return False
+        out = self.pipe.by_child.get(entry.template.child)
+        return out is not None and not out.udp and out.cfg.mode == "transport"
 
     def _acquire(self, acq: Any) -> None:
         log.info("acquire: child %s policy %s", acq.child, acq.policy)
@@ -247,6 +329,8 @@ class OutboundWorker(_Worker):
         if op == "stats":
             extra = {"tun": asdict(self.tun.statistics()),
                      "send_errors": self.sender.send_errors,
+                     "fragmented": self.sender.fragmented,
+                     "reassembly": asdict(self.reassembly.statistics()),
                      "spd": asdict(self.spd.statistics())}  # fmt: skip
             return _stats_dict(self.pipe, extra)
         if op == "stop":
@@ -261,6 +345,7 @@ class OutboundWorker(_Worker):
         ep.register(ctl, select.EPOLLIN)
         read_batch = self.tun.read_batch
         process = self.pipe.process
+        whole = self.whole
         next_tick = time.monotonic() + 1.0
         while self.running:
             for fd, _ev in ep.poll(1.0):
@@ -271,7 +356,8 @@ class OutboundWorker(_Worker):
                     batch = read_batch(BATCH)
                     if not batch:
                         break
-                    process(batch, time.monotonic())
+                    now = time.monotonic()
+                    process(whole(batch, now), now)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0
@@ -338,7 +424,17 @@ class InboundWorker(_Worker):
                 return bool(batch)
 
             return drain4
-        proto = 51 if kind == "ah6" else 50
+        if kind == "ah6":  # whole packets: AH's ICV covers the extension headers
+            recv6 = sk.recv_ah6
+
+            def drain_ah6() -> bool:
+                batch = recv6(sock, BATCH)
+                if batch:
+                    pipe.process_ip6(batch, clock())
+                return bool(batch)
+
+            return drain_ah6
+        proto = 50
         udp = kind == "udp"
         recv = sk.recv_with_addrs
 

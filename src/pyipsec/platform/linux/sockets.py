@@ -35,6 +35,13 @@ UDP_GRO = 104
 IP_PKTINFO = 8
 IPV6_RECVPKTINFO = 49
 IPV6_PKTINFO = 50
+IPV6_MTU = 24
+IPV6_RECVHOPOPTS = 53
+IPV6_HOPOPTS = 54
+IPV6_RECVRTHDR = 56
+IPV6_RTHDR = 57
+IPV6_RECVDSTOPTS = 58
+IPV6_DSTOPTS = 59
 IPPROTO_ESP = 50
 IPPROTO_AH = 51
 GSO_MAX_SEGMENTS = 64
@@ -65,6 +72,9 @@ def open_raw_receiver(family: int, proto: int, mark: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        if proto == IPPROTO_AH:  # the headers AH's ICV covers: see recv_ah6
+            for opt in (IPV6_RECVHOPOPTS, IPV6_RECVDSTOPTS, IPV6_RECVRTHDR):
+                sock.setsockopt(socket.IPPROTO_IPV6, opt, 1)
     return _marked(sock, mark)
 
 
@@ -152,6 +162,49 @@ def recv_with_addrs(
             out.append((data, src, dst))
             if ports is not None:
                 ports.append(addr[1])
+    return out
+
+
+_EXT_CMSG = {IPV6_HOPOPTS: 0, IPV6_RTHDR: 43, IPV6_DSTOPTS: 60}
+_EXT_CMSG_SPACE = socket.CMSG_SPACE(2048) * 3 + socket.CMSG_SPACE(20)
+_V6HDR = struct.Struct("!IHBB16s16s")
+
+
+def recv_ah6(sock: socket.socket, limit: int) -> list[bytes]:
+    """Up to ``limit`` whole IPv6 packets carrying AH from an IPv6 raw AH socket
+    (:func:`open_raw_receiver`), without blocking.
+
+    An IPv6 raw socket hands over the bytes from AH on; AH's ICV also covers the
+    extension headers in front of it (RFC 4302 3.3.3.1.2). The socket asks for them as
+    ancillary data (IPV6_RECVHOPOPTS / RECVDSTOPTS / RECVRTHDR: the kernel reports them
+    in packet order, each with its own Next Header byte) and the header chain is rebuilt
+    here: the fixed header from the addresses, with traffic class, flow label and hop
+    limit (mutable, zeroed for the ICV) as 0 / 0 / 64. The kernel reassembled fragments
+    before delivery and removed the fragment header, which the ICV never covers."""
+    out: list[bytes] = []
+    recvmsg = sock.recvmsg
+    pton = socket.inet_pton
+    ipv6 = socket.IPPROTO_IPV6
+    while len(out) < limit:
+        try:
+            data, anc, _flags, addr = recvmsg(65535, _EXT_CMSG_SPACE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        dst = bytes(16)
+        exts = []
+        nh = IPPROTO_AH
+        for level, kind, cdata in anc:
+            if level != ipv6:
+                continue
+            if kind == IPV6_PKTINFO and len(cdata) >= 16:
+                dst = cdata[:16]
+            elif kind in _EXT_CMSG:
+                if not exts:
+                    nh = _EXT_CMSG[kind]
+                exts.append(cdata)
+        body = b"".join((*exts, data)) if exts else data
+        src = pton(_AF_INET6, addr[0].partition("%")[0])
+        out.append(_V6HDR.pack(6 << 28, len(body), nh, 64, src, dst) + body)
     return out
 
 
@@ -261,6 +314,9 @@ class RawBatchSender:
         self.batch = batch
         self.family = int(sock.family)
         self.calls = 0  #: system calls made (sendmmsg or sendto)
+        #: packets refused as larger than the route's MTU (EMSGSIZE), not counted as
+        #: errors: the caller fragments them (header-included sockets never do) or counts
+        self.too_big: list[bytes] = []
         self._fd = sock.fileno()
         self._fn = _SENDMMSG if _BYTES_OFF > 0 else None
         self._dst: str | None = None
@@ -297,7 +353,8 @@ class RawBatchSender:
 
     def send(self, packets: list[bytes], dst: str) -> int:
         """Send ``packets`` (``bytes`` each) to ``dst``; returns how many the kernel
-        refused (each counted once, the others still sent). Fewer than
+        refused (each counted once, the others still sent; those too large for the
+        route are put in :attr:`too_big` instead). Fewer than
         :data:`MMSG_MIN` packets go out with ``sendto``: the ctypes call costs more
         than the system calls it would save."""
         if self._fn is None or len(packets) < MMSG_MIN:
@@ -333,7 +390,10 @@ class RawBatchSender:
             if err == errno.ENOSYS:  # a kernel without sendmmsg: never try again
                 self._fn = None
                 return errors + self._send_each(packets, dst, i)
-            errors += 1  # the first packet of this call was refused: skip it alone
+            if err == errno.EMSGSIZE:
+                self.too_big.append(packets[i])  # the caller may fragment it
+            else:
+                errors += 1  # the first packet of this call was refused: skip it alone
             i += 1
         return errors
 
@@ -345,9 +405,26 @@ class RawBatchSender:
             self.calls += 1
             try:
                 sendto(p, addr)
-            except OSError:
-                errors += 1
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    self.too_big.append(p)
+                else:
+                    errors += 1
         return errors
+
+
+def route_mtu6(dst: str, mark: int) -> int:
+    """The MTU of the route to IPv6 ``dst`` for packets carrying ``mark`` (what a
+    header-included send to it may not exceed); 1280, the IPv6 minimum, if unknown."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        s.connect((dst, 9))
+        return max(1280, s.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+    except OSError:
+        return 1280
+    finally:
+        s.close()
 
 
 def close_all(socks: Iterable[socket.socket]) -> None:
