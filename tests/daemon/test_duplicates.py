@@ -117,3 +117,39 @@ def test_state_of_gone_sas_is_forgotten() -> None:
     del sas[1]
     assert rule.resolve(sas, {}, now=2.0) == ([], None)
     assert not rule._deleted and not rule._moves
+
+
+def _peer(tmp_path, remote: str):
+    import os
+
+    from pyipsec.daemon.config import load_config
+
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text('psk:\n  c: "shared secret key"\n')
+    os.chmod(secrets, 0o600)
+    path = tmp_path / "pyipsec.yaml"
+    path.write_text(
+        "secrets: secrets.yaml\nconnections:\n  c:\n    local_addrs: [10.0.0.1]\n"
+        f'    remote_addrs: ["{remote}"]\n    local: {{auth: psk, id: 10.0.0.1}}\n'
+        "    remote: {auth: psk}\n    children:\n"
+        '      all: {local_ts: ["10.0.0.0/24"], remote_ts: ["0.0.0.0/0"]}\n'
+    )
+    return load_config(str(path)).endpoint.peer("c")
+
+
+def test_child_to_move_is_narrowed_to_the_two_hosts_of_an_any_connection(tmp_path) -> None:
+    from pyipsec.daemon.duplicates import child_to_move
+
+    keeper = ike(1, "01", "01", initiator=False, name="c")
+    child, remote = child_to_move(_peer(tmp_path, "%any"), keeper, "all")
+    assert remote == "10.0.0.2" and child is not None
+    assert child.local_ts == ("10.0.0.1",) and child.remote_ts == ("10.0.0.2",)
+    assert child_to_move(_peer(tmp_path, "%any"), keeper, "gone") == (None, "")
+
+
+def test_child_to_move_of_a_single_peer_connection_is_the_configured_one(tmp_path) -> None:
+    from pyipsec.daemon.duplicates import child_to_move
+
+    peer = _peer(tmp_path, "10.0.0.2")
+    child, remote = child_to_move(peer, ike(1, "01", "01", initiator=True, name="c"), "all")
+    assert remote == "" and child == peer.child("all")

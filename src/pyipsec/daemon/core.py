@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from pyipsec.daemon.commands import Commands
 from pyipsec.daemon.config import DaemonConfig
-from pyipsec.daemon.duplicates import Duplicates, preferred
+from pyipsec.daemon.duplicates import Duplicates, child_to_move, preferred
 from pyipsec.daemon.dynamic import Fallbacks, is_dynamic, narrow_child, peer_for
 from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow
 from pyipsec.errors import PyipsecError
@@ -380,18 +380,8 @@ class Daemon(Commands):
     def _move_children(self, keeper: IkeSaRow, children: tuple[str, ...], now: float) -> None:
         """Negotiate ``children`` inside the IKE SA that stays, before its duplicate goes."""
         peer = self.config.endpoint.peer(keeper.name)
-        if peer is None:
-            return
-        for name in children:
-            configured = peer.child(name)
-            if configured is None:
-                continue
-            remote = keeper.remote_addr if is_dynamic(peer) else ""
-            child = (
-                narrow_child(configured, keeper.local_addr, keeper.remote_addr)
-                if remote
-                else configured
-            )
+        for name in children if peer is not None else ():
+            child, remote = child_to_move(peer, keeper, name)
             if child is None:
                 continue
             log.info("negotiating child %s inside IKE SA %s[%d] that stays",

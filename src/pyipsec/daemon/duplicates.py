@@ -37,9 +37,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from pyipsec.daemon.dynamic import is_dynamic, narrow_child
 from pyipsec.daemon.tables import ChildSaRow, IkeSaRow
+from pyipsec.ike.config import ChildConfig, PeerConfig
 
-__all__ = ["GRACE", "MOVE_WAIT", "RESPONDER_GRACE", "DuplicateAction", "Duplicates"]
+__all__ = [
+    "GRACE",
+    "MOVE_WAIT",
+    "RESPONDER_GRACE",
+    "DuplicateAction",
+    "Duplicates",
+    "child_to_move",
+    "preferred",
+]
 
 GRACE = 2.0  #: seconds before the initiator of a duplicate deletes it
 RESPONDER_GRACE = 10.0  #: seconds before the side that answered it deletes it instead
@@ -61,6 +71,18 @@ def preferred(ike_sas: Mapping[int, IkeSaRow], handles: Iterable[int]) -> int | 
     """Of ``handles`` the one the rule keeps (new Child SAs go there); None if empty."""
     known = [h for h in handles if h in ike_sas]
     return min(known, key=lambda h: sa_order(ike_sas[h])) if known else None
+
+
+def child_to_move(peer: PeerConfig, keeper: IkeSaRow, name: str) -> tuple[ChildConfig | None, str]:
+    """Child ``name`` of ``peer`` as it is negotiated inside ``keeper`` (narrowed to the
+    two hosts for a connection toward many hosts), and the host it is pending for ("" for
+    a connection with one peer); (None, ...) when the child is not configured (any more)."""
+    configured = peer.child(name)
+    if configured is None:
+        return None, ""
+    if not is_dynamic(peer):
+        return configured, ""
+    return narrow_child(configured, keeper.local_addr, keeper.remote_addr), keeper.remote_addr
 
 
 @dataclass(frozen=True)
