@@ -509,13 +509,13 @@ def test_certificates_both_ways_when_both_list_them_first(methods) -> None:
 def test_auth_failure_with_a_retry_keeps_the_attempt_pending(pair) -> None:
     """The IKE layer retries with the next method under a new handle: the attempt stays
     pending (no second initiation) and a dynamic initiation's host follows the handle."""
-    from pyipsec.daemon.core import _Pending
+    from pyipsec.daemon.core import Pending
     from pyipsec.ike.events import AuthenticationFailed
 
     loop, _, make = pair
     a, _ = make()
     key = ("web-db", "db", B)
-    a._pending[key] = _Pending("web-db", "db", loop.time(), B)
+    a._pending[key] = Pending("web-db", "db", loop.time(), B)
     a._attempts[7] = B
     a._auth_failed(AuthenticationFailed(7, "web-db", (B, 500), "rejected; trying psk", 9), 0.0)
     assert key in a._pending and a._attempts == {9: B}

@@ -24,13 +24,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pyipsec.daemon.commands import Commands
 from pyipsec.daemon.config import DaemonConfig
-from pyipsec.daemon.duplicates import Duplicates, child_to_move, preferred
+from pyipsec.daemon.duplicates import Duplicates, preferred
 from pyipsec.daemon.dynamic import Fallbacks, is_dynamic, narrow_child, peer_for
+from pyipsec.daemon.housekeeping import Housekeeping, Pending
 from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow
 from pyipsec.errors import PyipsecError
 from pyipsec.ike.endpoint import IkeEndpoint
@@ -87,17 +87,7 @@ class Dataplane(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class _Pending:
-    """A connection being brought up, so acquires don't start it twice."""
-
-    peer: str
-    child: str
-    since: float
-    remote: str = ""  #: the host, for connections toward many hosts
-
-
-class Daemon(Commands):
+class Daemon(Commands, Housekeeping):
     """One host's IPsec daemon, independent of the real sockets and data plane."""
 
     def __init__(
@@ -127,7 +117,7 @@ class Daemon(Commands):
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         #: (connection, child, remote or "") being brought up
-        self._pending: dict[tuple[str, str, str], _Pending] = {}
+        self._pending: dict[tuple[str, str, str], Pending] = {}
         self.fallbacks = Fallbacks()
         self._attempts: dict[int, str] = {}  #: IKE SA handle -> host, dynamic initiations
         self._fallback_timer: asyncio.TimerHandle | None = None
@@ -261,7 +251,7 @@ class Daemon(Commands):
             self.endpoint.create_child(established, child, now)
         else:
             self.endpoint.initiate(peer, child, now)
-        self._pending[key] = _Pending(peer.name, key[1], now)
+        self._pending[key] = Pending(peer.name, key[1], now)
 
     def initiate_to(self, peer_name: str, child_name: str, local: str, remote: str) -> None:
         """Bring up ``child_name`` of a connection toward many hosts with the one host
@@ -293,101 +283,7 @@ class Daemon(Commands):
         else:
             handle = self.endpoint.initiate(peer_for(peer, remote), child, now)
             self._attempts[handle] = remote
-        self._pending[key] = _Pending(peer_name, child_name, now, remote)
-
-    def _arm_fallbacks(self, now: float) -> None:
-        when = self.fallbacks.next_deadline()
-        if self._fallback_timer is not None:
-            self._fallback_timer.cancel()
-            self._fallback_timer = None
-        if when is not None and not self.closed:
-            self._fallback_timer = self.loop.call_later(max(0.0, when - now), self._on_fallback)
-
-    def _on_fallback(self) -> None:
-        """Hosts that did not answer IKE in time talk in clear; fallen-back hosts get a
-        background negotiation (the BYPASS entry stays until a Child SA is up)."""
-        self._fallback_timer = None
-        if self.closed:
-            return
-        now = self.clock()
-        for action in self.fallbacks.due(now):
-            name = f"{action.connection}/{action.child}"
-            if action.kind == "bypass":
-                self.dataplane.add_bypass(name, action.remote)
-                self.counters.unsecured_fallbacks += 1
-                log.warning(
-                    "no IPsec with %s after the fallback delay: %s traffic with it passes in "
-                    "clear (allow_unsecured_fallback)",
-                    action.remote,
-                    name,
-                )
-                self._emit("fallback", name=name, remote=action.remote)
-            else:
-                self._pending.pop((action.connection, action.child, action.remote), None)
-                self.initiate_to(action.connection, action.child, action.local, action.remote)
-        self._pump()
-        self._arm_fallbacks(now)
-
-    # ------------------------------------------------------------------ duplicates
-
-    def _arm_duplicates(self, when: float, now: float) -> None:
-        """Look at duplicate IKE SAs at ``when`` (or earlier, if already due then)."""
-        if self.closed or (self._duplicate_at is not None and self._duplicate_at <= when):
-            return
-        if self._duplicate_timer is not None:
-            self._duplicate_timer.cancel()
-        self._duplicate_at = when
-        self._duplicate_timer = self.loop.call_later(max(0.0, when - now), self._on_duplicates)
-
-    def _on_duplicates(self) -> None:
-        """Delete the duplicate IKE SAs this side must delete (see
-        :mod:`pyipsec.daemon.duplicates`), after moving children the keeper lacks."""
-        self._duplicate_timer = self._duplicate_at = None
-        if self.closed:
-            return
-        now = self.clock()
-        actions, when = self.duplicates.resolve(self.ike_sas, self.child_sas, now)
-        for action in actions:
-            row, keeper = self.ike_sas[action.ike_sa], self.ike_sas[action.keeper]
-            try:
-                if action.kind == "move":
-                    self._move_children(keeper, action.children, now)
-                    continue
-                self.endpoint.delete_ike(action.ike_sa, now)
-            except PyipsecError as exc:
-                log.warning("resolving duplicate IKE SA [%d] failed: %s", action.ike_sa, exc)
-                continue
-            self.counters.duplicate_ike_sas_deleted += 1
-            log.info(
-                "deleting duplicate IKE SA %s[%d] with %s (SPIs %s_i %s_r, %s): "
-                "keeping [%d] (SPIs %s_i %s_r, the lower pair)",
-                row.name,
-                action.ike_sa,
-                row.remote_addr,
-                row.spi_i,
-                row.spi_r,
-                "ours" if row.initiator else "the peer's",
-                action.keeper,
-                keeper.spi_i,
-                keeper.spi_r,
-            )
-            self._emit("duplicate-deleted", name=row.name, ike_sa=action.ike_sa,
-                       keeper=action.keeper)  # fmt: skip
-        self._pump()
-        if when is not None:
-            self._arm_duplicates(when, now)
-
-    def _move_children(self, keeper: IkeSaRow, children: tuple[str, ...], now: float) -> None:
-        """Negotiate ``children`` inside the IKE SA that stays, before its duplicate goes."""
-        peer = self.config.endpoint.peer(keeper.name)
-        for name in children if peer is not None else ():
-            child, remote = child_to_move(peer, keeper, name)
-            if child is None:
-                continue
-            log.info("negotiating child %s inside IKE SA %s[%d] that stays",
-                     name, keeper.name, keeper.handle)  # fmt: skip
-            self.endpoint.create_child(keeper.handle, child, now)
-            self._pending[(keeper.name, name, remote)] = _Pending(keeper.name, name, now, remote)
+        self._pending[key] = Pending(peer_name, child_name, now, remote)
 
     # ------------------------------------------------------------------ the pump
 
