@@ -1,4 +1,4 @@
-"""IPv6 AH transport mode with extension headers, end to end in namespaces (needs root).
+"""Transport mode with IPv6 extension headers and fragments, end to end (needs root).
 
 A and B (tests/netns.py) run ``pyipsec dataplane --static`` with one AH transport SA each
 way (HMAC-SHA-256; ESP AES-GCM as well) over IPv6. From A, a UDP sender emits datagrams
@@ -8,6 +8,7 @@ a destination options header and one with a hop-by-hop options header (sticky so
 options). B's receiver must get every datagram intact, neither data plane may count an
 error, B's firewall must drop nothing, and on the wire between A and B only AH (ESP) may
 carry the datagrams (a capture: no frame between them reaches UDP without passing AH).
+The same for IPv4 datagrams larger than the TUN MTU (fragments without DF).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ PORT = 40321
 _RECEIVER = r"""
 import hashlib, socket, sys
 n = int(sys.argv[1])
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind(("::", int(sys.argv[2])))
+v6 = sys.argv[3] == "6"
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("::" if v6 else "0.0.0.0", int(sys.argv[2])))
 s.settimeout(15)
 print("ready", flush=True)
 for _ in range(n):
@@ -65,10 +67,10 @@ def _payloads() -> list[bytes]:
     return [bytes([65 + i]) * n for i, n in enumerate((3000, 300, 200, 4000))]
 
 
-def _statics(topo: Topology, protocol: str) -> tuple[dict, dict]:
+def _statics(topo: Topology, protocol: str, version: int = 6) -> tuple[dict, dict]:
     alg = "sha256" if protocol == "ah" else "aes128gcm16"
     n = get_algorithm(alg, protocol).key_len
-    a, b = topo.a.addr6, topo.b.addr6
+    a, b = (topo.a.addr6, topo.b.addr6) if version == 6 else (topo.a.addr4, topo.b.addr4)
     sas = []
     for spi, src, dst in ((0x2101, a, b), (0x2102, b, a)):
         key = bytes((spi * 7 + i) & 0xFF for i in range(n)).hex()
@@ -134,7 +136,7 @@ def test_transport_v6_with_extension_headers(topo, tmp_path, protocol):
         _a, _pa, ctl_a = started[0]
         _b, _pb, ctl_b = started[1]
         cap = topo.capture(topo.b, "eth0", "ip6 and not icmp6")
-        rx = topo.b.spawn([sys.executable, "-c", _RECEIVER, "4", str(PORT)])
+        rx = topo.b.spawn([sys.executable, "-c", _RECEIVER, "4", str(PORT), "6"])
         assert rx.stdout is not None and b"ready" in rx.stdout.readline()
         topo.a.run(sys.executable, "-c", _SENDER, topo.b.addr6, str(PORT))
         out, err = rx.communicate(timeout=30)
@@ -159,6 +161,50 @@ def test_transport_v6_with_extension_headers(topo, tmp_path, protocol):
         uppers = [_upper(info[5]) for f in frames if (info := ip_of_frame(f)) and info[0] == 6]
         assert uppers.count(51 if protocol == "ah" else 50) >= 4, uppers
         assert 17 not in uppers, "plain UDP on the wire"
+    finally:
+        for host, proc, control in started:
+            host.stop(proc, signal.SIGTERM)
+            host.run(PYIPSEC, "flush", "--control", control, check=False)
+
+
+_SENDER4 = r"""
+import socket, sys, time
+for i, size in enumerate((3000, 200, 4000)):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(bytes([65 + i]) * size, (sys.argv[1], int(sys.argv[2])))
+    s.close()
+    time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("protocol", ["ah", "esp"])
+def test_transport_v4_fragmented_datagrams(topo, tmp_path, protocol):
+    """IPv4 datagrams larger than the TUN MTU reach the TUN as fragments (no DF): the
+    outbound worker reassembles them for the transport SA and sends the protected
+    packet fragmented; B's kernel reassembles it before its raw socket."""
+    import hashlib
+
+    started = []
+    try:
+        fa, fb = _statics(topo, protocol, 4)
+        started.append((topo.a, *_start(topo.a, fa, str(tmp_path))))
+        started.append((topo.b, *_start(topo.b, fb, str(tmp_path))))
+        ctl_a, ctl_b = started[0][2], started[1][2]
+        rx = topo.b.spawn([sys.executable, "-c", _RECEIVER, "3", str(PORT), "4"])
+        assert rx.stdout is not None and b"ready" in rx.stdout.readline()
+        topo.a.run(sys.executable, "-c", _SENDER4, topo.b.addr4, str(PORT))
+        out, err = rx.communicate(timeout=30)
+        sizes = (3000, 200, 4000)
+        want = [f"{n} {hashlib.sha256(bytes([65 + i]) * n).hexdigest()}"
+                for i, n in enumerate(sizes)]  # fmt: skip
+        stats_a = ControlClient(ctl_a).call("stats")["outbound"]
+        stats_b = ControlClient(ctl_b).call("stats")
+        detail = (err.decode()[-300:], stats_a, stats_b["inbound"]["pipeline"])
+        assert out.decode().split("\n")[:-1] == want, detail
+        assert not stats_a["pipeline"]["errors"] and stats_a["send_errors"] == 0, detail
+        assert stats_a["reassembly"]["reassembled"] == 2 and stats_a["fragmented"] == 2, detail
+        assert not stats_b["inbound"]["pipeline"]["errors"], detail
+        assert stats_b["kernel"]["ab/in"][0] == 0, detail
     finally:
         for host, proc, control in started:
             host.stop(proc, signal.SIGTERM)

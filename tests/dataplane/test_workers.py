@@ -265,3 +265,25 @@ def test_socket_sender_batches_real_sockets_only():
         assert not isinstance(off._batcher(4), RawBatchSender)
     finally:
         real.close()
+
+
+def test_outbound_worker_reassembles_fragments_for_transport_sas_only():
+    """Fragments the kernel cut for the TUN MTU become one datagram again before a
+    transport mode SA (it cannot carry fragments); tunnel mode gets them as they are."""
+    from dataclasses import replace
+
+    from scapy.layers.inet import IP, UDP, fragment
+    from scapy.packet import Raw
+
+    whole = bytes(IP(src="10.99.1.1", dst="10.99.1.2", id=9) / UDP(sport=5, dport=6)
+                  / Raw(b"f" * 3000))  # fmt: skip
+    frags = [bytes(f) for f in fragment(IP(whole), 1400)]
+    other = bytes(IP(src="10.99.1.1", dst="10.99.1.2") / UDP(sport=5, dport=6) / Raw(b"x"))
+    for mode, want in (("transport", [other, whole]), ("tunnel", [*frags[:2], other, frags[2]])):
+        cfg = replace(sa_cfg("out"), mode=mode)
+        w = OutboundWorker(FakeConn([("add_sa", cfg)]), FakeTun(), SocketSender(*[None] * 4), POL)
+        w.handle_control()
+        assert w.whole([*frags[:2], other, frags[2]], 1.0) == want
+        assert w.whole([b"\x45"], 1.0) == [b"\x45"]  # a runt passes on to be counted
+        st = w.reassembly.statistics()
+        assert (st.reassembled, st.pending) == ((1, 0) if mode == "transport" else (0, 0))

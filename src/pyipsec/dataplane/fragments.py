@@ -1,13 +1,14 @@
-"""IPv6 fragments around transport mode: reassembly before, fragmentation after.
+"""Fragments around transport mode: reassembly before the SA, fragmentation after.
 
 Transport mode SAs do not carry fragments (RFC 4301 section 7): IPsec applies to whole
 datagrams, and a receiver reassembles before AH/ESP processing (RFC 4302 3.4.1, RFC 4303
 3.4.1). The Linux kernel fragments a datagram larger than the TUN's MTU *before* it reaches
-the data plane, so the outbound worker reassembles those IPv6 fragments
-(:class:`Reassembler6`) before the SA sees them, and the protected packet, now larger
-than the link's MTU, is fragmented again (:func:`fragment6`) after the SA: the fragment
-header then sits right in front of AH/ESP, and the peer's kernel reassembles before its
-AH/ESP processing (the ICV never covers a fragment header, RFC 4302 3.3.3.1.2).
+the data plane (IPv6 always, IPv4 when DF is clear), so the outbound worker reassembles
+those fragments (:class:`Reassembler`) before the SA sees them, and the protected packet,
+now larger than the link's MTU, is fragmented again after the SA (:func:`fragment6`: the
+fragment header right in front of AH/ESP; :func:`fragment4`). The peer's kernel
+reassembles before its AH/ESP processing; the ICV never covers a fragment header, and for
+IPv4 the flags and offset are mutable (zeroed) fields (RFC 4302 3.3.3.1).
 
 Pure functions of bytes and ``now``: no sockets, no clock.
 """
@@ -16,6 +17,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
+
+from pyipsec.wire.ip import ipv4_header_checksum
 
 _H = struct.Struct("!H")
 _FRAG = struct.Struct("!BBHI")
@@ -63,37 +67,33 @@ class _Partial:
         self.deadline = deadline
 
 
-class Reassembler6:
-    """Rebuilds IPv6 datagrams from their fragments (RFC 8200 section 4.5).
+class Reassembler:
+    """Rebuilds IPv4 and IPv6 datagrams from their fragments (RFC 791 3.2, RFC 8200 4.5).
 
-    Keyed by (source, destination, identification). Overlapping fragments drop the
-    whole datagram (RFC 5722); partial datagrams expire after
+    Keyed by (source, destination, identification[, protocol for IPv4]). Overlapping
+    fragments drop the whole datagram (RFC 5722); partial datagrams expire after
     :data:`REASSEMBLY_TIMEOUT` seconds and at most ``max_datagrams`` are kept.
     """
 
     def __init__(self, max_datagrams: int = MAX_DATAGRAMS) -> None:
         self.max_datagrams = max_datagrams
-        self._partial: dict[tuple[bytes, bytes, int], _Partial] = {}
+        self._partial: dict[tuple[Any, ...], _Partial] = {}
         self._fragments = self._reassembled = self._dropped = self._malformed = 0
 
     def add(self, packet: bytes, now: float) -> bytes | None:
-        """Take one fragment (an IPv6 packet with a fragment header); the whole datagram
-        when this fragment completes it, else None."""
+        """Take one fragment (an IPv4 fragment, or an IPv6 packet with a fragment
+        header); the whole datagram when this fragment completes it, else None."""
         self._fragments += 1
-        off = fragment_header_offset(packet) if len(packet) >= 48 else -1
-        if off < 0 or _H.unpack_from(packet, 4)[0] + 40 != len(packet):
+        parsed = _parse4(packet) if packet[0] >> 4 == 4 else _parse6(packet)
+        if parsed is None:
             self._malformed += 1
             return None
-        nh, _res, field, ident = _FRAG.unpack_from(packet, off)
-        start = field & 0xFFF8
-        more = field & 1
-        data = packet[off + 8 :]
+        key, start, more, data, head, nh_off, nh = parsed
         end = start + len(data)
         if (more and len(data) % 8) or not data or end > MAX_SIZE:
             self._malformed += 1
             return None
         self.expire(now)
-        key = (packet[8:24], packet[24:40], ident)
         p = self._partial.get(key)
         if p is None:
             if len(self._partial) >= self.max_datagrams:
@@ -116,17 +116,22 @@ class Reassembler6:
             self._dropped += 1
             return None
         if start == 0:
-            p.unfrag = packet[:off]
+            p.unfrag = head
             p.first_nh = nh
-            p.nh_off = _nh_offset(packet, off)
+            p.nh_off = nh_off
         p.pieces[start] = data
         if p.total < 0 or p.unfrag is None or sum(map(len, p.pieces.values())) != p.total:
             return None
         del self._partial[key]
         body = b"".join(p.pieces[s] for s in sorted(p.pieces))
         head = bytearray(p.unfrag)
-        head[p.nh_off] = p.first_nh
-        _H.pack_into(head, 4, len(head) - 40 + len(body))
+        if head[0] >> 4 == 4:
+            _H.pack_into(head, 2, len(head) + len(body))
+            head[6] = head[7] = head[10] = head[11] = 0  # no MF, offset 0, checksum anew
+            _H.pack_into(head, 10, ipv4_header_checksum(head))
+        else:
+            head[p.nh_off] = p.first_nh
+            _H.pack_into(head, 4, len(head) - 40 + len(body))
         self._reassembled += 1
         return bytes(head) + body
 
@@ -144,6 +149,28 @@ class Reassembler6:
             self._fragments, self._reassembled, len(self._partial), self._dropped,
             self._malformed,
         )  # fmt: skip
+
+
+def _parse6(packet: bytes) -> tuple[Any, ...] | None:
+    """(key, offset, more, data, headers in front, Next Header offset, next header)."""
+    off = fragment_header_offset(packet) if len(packet) >= 48 else -1
+    if off < 0 or _H.unpack_from(packet, 4)[0] + 40 != len(packet):
+        return None
+    nh, _res, field, ident = _FRAG.unpack_from(packet, off)
+    key = (packet[8:24], packet[24:40], ident)
+    return key, field & 0xFFF8, field & 1, packet[off + 8 :], packet[:off], _nh_offset(
+        packet, off), nh  # fmt: skip
+
+
+def _parse4(packet: bytes) -> tuple[Any, ...] | None:
+    n = len(packet)
+    ihl = (packet[0] & 0x0F) * 4 if n >= 20 else 0
+    if ihl < 20 or ihl >= n or _H.unpack_from(packet, 2)[0] != n:
+        return None
+    field = _H.unpack_from(packet, 6)[0]
+    key = (packet[12:16], packet[16:20], packet[4:6], packet[9])
+    more = 1 if field & 0x2000 else 0
+    return key, (field & 0x1FFF) * 8, more, packet[ihl:], packet[:ihl], 9, packet[9]
 
 
 def _nh_offset(packet: bytes, end: int) -> int:
@@ -191,3 +218,58 @@ def fragment6(packet: bytes, mtu: int, ident: int) -> list[bytes]:
         _H.pack_into(head, 4, unfrag_end - 40 + 8 + len(chunk))
         out.append(b"".join((head, _FRAG.pack(first_nh, 0, start | more, ident), chunk)))
     return out
+
+
+def fragment4(packet: bytes, mtu: int) -> list[bytes]:
+    """``packet`` (an IPv4 ESP/AH packet without DF) cut into fragments of at most
+    ``mtu`` bytes (RFC 791 3.2): the first keeps the whole header, the others only the
+    options whose copied flag is set; data cut into multiples of 8 bytes. ValueError
+    when DF is set (the kernel would have refused such a datagram) or no room."""
+    if len(packet) <= mtu:
+        return [packet]
+    ihl = (packet[0] & 0x0F) * 4
+    if _H.unpack_from(packet, 6)[0] & 0x4000:
+        raise ValueError("DF is set")
+    first = bytearray(packet[:ihl])
+    rest = bytearray(first[:20]) + _copied_options(bytes(first[20:]))
+    body = memoryview(packet)[ihl:]
+    out = []
+    start = 0
+    head = first
+    while start < len(body):
+        step = (mtu - len(head)) & ~7
+        if step < 8:
+            raise ValueError(f"MTU {mtu} leaves no room for a fragment")
+        chunk = body[start : start + step]
+        more = 0x2000 if start + step < len(body) else 0
+        h = bytearray(head)
+        h[0] = 0x40 | len(h) // 4
+        _H.pack_into(h, 2, len(h) + len(chunk))
+        _H.pack_into(h, 6, more | (start // 8))
+        h[10] = h[11] = 0
+        _H.pack_into(h, 10, ipv4_header_checksum(h))
+        out.append(b"".join((h, chunk)))
+        start += step
+        head = rest
+    return out
+
+
+def _copied_options(opts: bytes) -> bytes:
+    """The IPv4 options with the copied flag (type bit 0x80), padded to 4 bytes."""
+    out = bytearray()
+    i = 0
+    while i < len(opts):
+        t = opts[i]
+        if t == 0:  # end of options list
+            break
+        if t == 1:  # no operation
+            i += 1
+            continue
+        ln = opts[i + 1] if i + 1 < len(opts) else 0
+        if ln < 2:
+            break
+        if t & 0x80:
+            out += opts[i : i + ln]
+        i += ln
+    out += bytes(-len(out) % 4)
+    return bytes(out)

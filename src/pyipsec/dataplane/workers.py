@@ -38,7 +38,12 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from pyipsec.dataplane.fragments import Reassembler6, fragment6, fragment_header_offset
+from pyipsec.dataplane.fragments import (
+    Reassembler,
+    fragment4,
+    fragment6,
+    fragment_header_offset,
+)
 from pyipsec.dataplane.pipeline import InboundPipeline, OutboundPipeline
 from pyipsec.errors import MalformedPacket
 from pyipsec.ipsec.spd import Spd
@@ -109,7 +114,7 @@ class SocketSender:
         self.gso = gso
         self.mmsg = mmsg
         self.send_errors = 0
-        self.fragmented = 0  #: packets sent as IPv6 fragments (above the route's MTU)
+        self.fragmented = 0  #: packets sent as fragments (above the route's MTU)
         self.mark = mark
         self._frag_id = int.from_bytes(os.urandom(4), "big")
         self._batchers: dict[int, Any] = {}
@@ -130,19 +135,16 @@ class SocketSender:
             self._too_big(b, version, dst)
 
     def _too_big(self, b: Any, version: int, dst: str) -> None:
-        """IPv6 packets above the route's MTU (a transport mode datagram reassembled
-        from the TUN's fragments, now with AH/ESP) go out as fragments; anything else
-        that big is an error."""
+        """Packets above the route's MTU (a transport mode datagram reassembled from the
+        TUN's fragments, now with AH/ESP) go out as fragments (IPv4: only without DF,
+        which such a datagram never has); anything else that big is an error."""
         big, b.too_big = b.too_big, []
-        if version != 6:
-            self.send_errors += len(big)
-            return
-        mtu = sk.route_mtu6(dst, self.mark)
+        mtu = sk.route_mtu(dst, self.mark)
         for p in big:
             self._frag_id = (self._frag_id + 1) & 0xFFFFFFFF
             try:
-                frags = fragment6(p, mtu, self._frag_id)
-            except ValueError:
+                frags = fragment6(p, mtu, self._frag_id) if version == 6 else fragment4(p, mtu)
+            except ValueError:  # IPv4 with DF set: the kernel would not fragment it either
                 self.send_errors += 1
                 continue
             self.fragmented += 1
@@ -265,28 +267,35 @@ class OutboundWorker(_Worker):
             self.spd.add(p.entry)
         self.sender = sender
         self.pipe = OutboundPipeline(self.spd, sender, on_acquire=self._acquire)
-        self.reassembly = Reassembler6()
+        self.reassembly = Reassembler()
 
     def whole(self, batch: list[bytes], now: float) -> list[bytes]:
-        """``batch`` with the IPv6 fragments bound for a transport mode SA (raw ESP/AH)
+        """``batch`` with the fragments bound for a transport mode SA (raw ESP/AH)
         replaced by their reassembled datagrams, once complete: transport mode does not
         carry fragments (RFC 4301 section 7), and the kernel fragments a datagram larger
         than the TUN's MTU before the data plane sees it. The SA's packet goes out
         fragmented again (:meth:`SocketSender.send_ip`). Tunnel mode carries fragments
-        as they are. Costs one test per IPv4 packet."""
-        for p in batch:
-            if p[0] >> 4 == 6 and p[6] in _V6_EXT:
-                break
-        else:
-            return batch
+        as they are."""
+        try:  # the common case, no fragment: two byte tests per packet (~0.13 us)
+            for p in batch:
+                if p[0] < 0x60:
+                    if p[6] & 0x3F or p[7]:  # IPv4 MF or fragment offset
+                        break
+                elif p[6] in _V6_EXT:
+                    break
+            else:
+                return batch
+        except IndexError:
+            pass  # a runt: the checked loop below
         out = []
         for p in batch:
-            if (
-                p[0] >> 4 == 6
-                and p[6] in _V6_EXT
-                and fragment_header_offset(p) > 0
-                and self._to_transport(p)
-            ):
+            if len(p) < 20:
+                frag = False  # the pipeline counts what is malformed
+            elif p[0] >> 4 == 4:
+                frag = p[6] & 0x3F or p[7]
+            else:
+                frag = p[6] in _V6_EXT and fragment_header_offset(p) > 0
+            if frag and self._to_transport(p):
                 done = self.reassembly.add(p, now)
                 if done is not None:
                     out.append(done)

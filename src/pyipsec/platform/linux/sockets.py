@@ -36,6 +36,7 @@ IP_PKTINFO = 8
 IPV6_RECVPKTINFO = 49
 IPV6_PKTINFO = 50
 IPV6_MTU = 24
+IP_MTU = 14
 IPV6_RECVHOPOPTS = 53
 IPV6_HOPOPTS = 54
 IPV6_RECVRTHDR = 56
@@ -413,16 +414,20 @@ class RawBatchSender:
         return errors
 
 
-def route_mtu6(dst: str, mark: int) -> int:
-    """The MTU of the route to IPv6 ``dst`` for packets carrying ``mark`` (what a
-    header-included send to it may not exceed); 1280, the IPv6 minimum, if unknown."""
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+def route_mtu(dst: str, mark: int) -> int:
+    """The MTU of the route to ``dst`` (IPv4 or IPv6 text) for packets carrying ``mark``:
+    what a header-included send to it may not exceed. When unknown: 1280 for IPv6 (its
+    minimum), 576 for IPv4 (the datagram size every host must accept)."""
+    v6 = ":" in dst
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    floor = 1280 if v6 else 576
     try:
         s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
         s.connect((dst, 9))
-        return max(1280, s.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU))
+        level, opt = (socket.IPPROTO_IPV6, IPV6_MTU) if v6 else (socket.IPPROTO_IP, IP_MTU)
+        return max(floor, s.getsockopt(level, opt))
     except OSError:
-        return 1280
+        return floor
     finally:
         s.close()
 
