@@ -257,3 +257,16 @@ def test_recv_ah6_rebuilds_the_headers_in_front_of_ah():
 
     out = run_in_netns(_AH6_RECV).strip().splitlines()[-1]
     assert out == "[(True, 96), (True, 112), (True, 120)]"
+
+
+def test_raw_batch_sender_hands_unparsable_destinations_to_sendto():
+    """A scoped IPv6 address (or a name) is left to sendto, which knows how to parse it."""
+    real = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        b = sk.RawBatchSender(real, 8)
+        sent = []
+        b.sock = type("S", (), {"sendto": lambda self, d, a: sent.append(a)})()
+        assert b.send([b"x"] * 5, "fe80::1%lo") == 0
+        assert sent == [("fe80::1%lo", 0)] * 5 and b._dst is None
+    finally:
+        real.close()

@@ -342,15 +342,22 @@ class RawBatchSender:
         """Whether sends go through ``sendmmsg`` (False: the ``sendto`` fallback)."""
         return self._fn is not None
 
-    def _set_dst(self, dst: str) -> None:
+    def _set_dst(self, dst: str) -> bool:
+        """Write ``dst`` into the shared sockaddr; False for what only ``sendto`` can
+        parse (a scoped ``fe80::1%eth0``, a name)."""
+        try:
+            packed = socket.inet_pton(self.family, dst)
+        except (OSError, ValueError):
+            return False
         if self.family == _AF_INET6:
-            addr = struct.pack("=HHI16sI", _AF_INET6, 0, 0, socket.inet_pton(_AF_INET6, dst), 0)
+            addr = struct.pack("=HHI16sI", _AF_INET6, 0, 0, packed, 0)
         else:
-            addr = struct.pack("=HH4s8x", _AF_INET, 0, socket.inet_pton(_AF_INET, dst))
+            addr = struct.pack("=HH4s8x", _AF_INET, 0, packed)
         ctypes.memmove(self._name, addr, len(addr))
         for i in range(self.batch):
             self._msgs[i].msg_hdr.msg_namelen = len(addr)
         self._dst = dst
+        return True
 
     def send(self, packets: list[bytes], dst: str) -> int:
         """Send ``packets`` (``bytes`` each) to ``dst``; returns how many the kernel
@@ -361,7 +368,8 @@ class RawBatchSender:
         if self._fn is None or len(packets) < MMSG_MIN:
             return self._send_each(packets, dst, 0)
         if dst != self._dst:
-            self._set_dst(dst)
+            if not self._set_dst(dst):
+                return self._send_each(packets, dst, 0)
         words = self._words
         off = _BYTES_OFF
         fd = self._fd
