@@ -442,6 +442,8 @@ class Daemon(Commands, Housekeeping):
             installed=now,
             rekey_at=now + event.rekey_time,
         )
+        if self._duplicate_at is not None:
+            self._arm_duplicates(now, now)  # a child moved into a keeper: look again now
         if row is not None:
             self._pending.pop((row.name, event.child, ""), None)
             self._pending.pop((row.name, event.child, event.remote_addr), None)
