@@ -495,3 +495,28 @@ def test_peer_moved_refused_where_it_is_unsafe_or_meaningless():
     hp = plain.of("b", IkeSaUp)[0].ike_sa
     assert plain.b.peer_moved(hp, (A_ADDR[0], 4500), plain.now) == []
     assert plain.b.statistics().counter("nat_mapping_updates") == 0
+
+
+def test_a_closed_sa_answers_a_retransmitted_delete_from_its_last_response():
+    """b answered a's Delete and forgot the IKE SA; the answer got lost, a retransmits:
+    b sends the same response again (until CLOSED_RESPONSE_TTL), instead of leaving a
+    to retransmit until it gives up. Other requests to the closed SA stay unknown."""
+    from ike.harness import Pair
+    from pyipsec.ike.endpoint import CLOSED_RESPONSE_TTL
+
+    p = Pair()
+    h = p.connect()
+    p.a.delete_ike(h, p.now)
+    (request,) = [d for d, _, _ in p.a.datagrams_to_send_from(p.now)]
+    p.b.receive_datagram(request, p.a_addr, p.now, local_addr=p.b_addr)
+    (response,) = [d for d, _, _ in p.b.datagrams_to_send_from(p.now)]  # lost on the way
+    assert p.b.statistics().ike_sas == 0
+    p.b.receive_datagram(request, p.a_addr, p.now + 2, local_addr=p.b_addr)  # retransmit
+    assert [d for d, _, _ in p.b.datagrams_to_send_from(p.now + 2)] == [response]
+    assert p.b.statistics().counter("answered_after_close") == 1
+    p.a.receive_datagram(response, p.b_addr, p.now + 2, local_addr=p.a_addr)
+    assert p.a.statistics().ike_sas == 0  # a's delete completes with the resent answer
+    late = p.now + 2 + CLOSED_RESPONSE_TTL
+    p.b.receive_datagram(request, p.a_addr, late, local_addr=p.b_addr)
+    assert list(p.b.datagrams_to_send_from(late)) == []
+    assert p.b.statistics().counter("unknown_spi") == 1

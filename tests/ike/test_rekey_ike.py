@@ -108,3 +108,33 @@ def test_ike_rekey_invalid_ke_retry():
     p.advance(10)
     assert p.a.statistics().counter("invalid_ke_retries") == 1
     assert p.of("a", IkeSaRekeyed) and p.a.ike_sas()[0].proposal.endswith("ecp256")
+
+
+def test_redundant_successors_ours_deleted_now_the_peers_left_to_the_peer():
+    """A stray loser of a rekey collision goes when the old IKE SA does: ours at once;
+    the peer's is the peer's to delete (RFC 7296 2.8.2) and charon's Delete for it is
+    usually in flight, so it only expires after REDUNDANT_WAIT (deleting it at the same
+    moment left charon retransmitting its Delete to an SA we had forgotten)."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from pyipsec.ike.exchanges.rekey_ike import REDUNDANT_WAIT, drop_redundant
+
+    def sa(initiator: bool):
+        queued: list = []
+        return SimpleNamespace(
+            state=SimpleNamespace(value="established"), children=[], ctx={},
+            initiator=initiator, expire_at=1000.0, queued=queued,
+            queue=lambda task, now: queued.append(task),
+        )  # fmt: skip
+
+    keep, ours, theirs = sa(True), sa(True), sa(False)
+    old = SimpleNamespace(
+        ctx={"successor": (keep, b"n", True), "successors": [keep, ours, theirs]},
+        endpoint=SimpleNamespace(stats=Counter()),
+    )
+    drop_redundant(old, 50.0)
+    assert len(ours.queued) == 1 and ours.ctx["delete_queued"]
+    assert theirs.queued == [] and theirs.expire_at == 50.0 + REDUNDANT_WAIT
+    assert keep.queued == [] and keep.expire_at == 1000.0
+    assert old.endpoint.stats["redundant_ike_sas_deleted"] == 2

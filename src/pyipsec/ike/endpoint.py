@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,19 @@ def _specified(ip: str) -> bool:
     return ip not in ("", "0.0.0.0", "::")
 
 
+CLOSED_RESPONSE_TTL = 60.0  #: seconds a closed IKE SA's last response is kept
+CLOSED_RESPONSES = 256  #: closed IKE SAs whose last response is kept at most
+
+
+@dataclass(frozen=True, slots=True)
+class _ClosedResponse:
+    until: float  #: forget after this time
+    message_id: int  #: the request it answers
+    packets: list[bytes]  #: the response as sent (fragments, if it was fragmented)
+    remote: tuple[str, int]
+    local: tuple[str, int] | None
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointStatistics:
     """Snapshot of an endpoint: SA counts and the counters (name, value), sorted by name.
@@ -48,7 +61,8 @@ class EndpointStatistics:
     Counters include datagrams_in/out, malformed, packets_not_authenticated,
     invalid_message_ids, unexpected_responses, retransmits, retransmitted_requests,
     timeouts, cookies_sent, auth_failures, handshakes, child_sas_installed, ike_rekeys,
-    rekey_collisions, dpd_sent, fragmented_messages, unknown_spi.
+    rekey_collisions, dpd_sent, fragmented_messages, unknown_spi, answered_after_close
+    (a retransmitted request to an IKE SA we closed, answered from its last response).
     """
 
     ike_sas: int
@@ -72,6 +86,8 @@ class IkeEndpoint:
         self.stats: Counter[str] = Counter()
         self.cookies = CookieJar(local_config.cookie_secret_lifetime, self._randbytes)
         self._by_spi: dict[bytes, IkeSa] = {}
+        #: last responses of closed IKE SAs, for peers whose copy got lost (see _forget)
+        self._closed: OrderedDict[tuple[bytes, bytes], _ClosedResponse] = OrderedDict()
         self._by_handle: dict[int, IkeSa] = {}
         self._half_open: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}
         self._init_seen: dict[tuple[bytes, tuple[str, int]], IkeSa] = {}
@@ -109,7 +125,8 @@ class IkeEndpoint:
         spi = header.spi_r if header.initiator else header.spi_i
         sa = self._by_spi.get(spi)
         if sa is None or (sa.spi_i, sa.spi_r) != (header.spi_i, header.spi_r):
-            self.stats["unknown_spi"] += 1
+            if not self._answer_closed(header, now):
+                self.stats["unknown_spi"] += 1
             return
         sa.receive(data, header, addr, now, local_addr)
 
@@ -396,12 +413,37 @@ class IkeEndpoint:
     def _replace(self, old: IkeSa, new: IkeSa) -> None:
         self._by_handle[old.handle] = new
 
+    def _answer_closed(self, header: Any, now: float) -> bool:
+        """A retransmitted request to an IKE SA we closed: its cached response again."""
+        closed = self._closed.get((header.spi_i, header.spi_r))
+        if closed is None or header.response or header.message_id != closed.message_id:
+            return False
+        if now > closed.until:
+            del self._closed[(header.spi_i, header.spi_r)]
+            return False
+        for packet in closed.packets:
+            self._send(packet, closed.remote, closed.local)
+        self.stats["answered_after_close"] += 1
+        return True
+
     def _current(self, handle: int) -> IkeSa | None:
         return self._by_handle.get(handle)
 
     def _forget(self, sa: IkeSa) -> None:
         if self._by_spi.get(sa.local_spi) is sa:
             del self._by_spi[sa.local_spi]
+            # The last request we answered was often a Delete; if our response is lost
+            # the peer retransmits to an SA we no longer have and, unanswered, keeps its
+            # side until it gives up (minutes). Keep the response a while to send again.
+            if sa.last_response is not None:
+                key = (sa.spi_i, sa.spi_r)
+                self._closed[key] = _ClosedResponse(
+                    sa.last_recv + CLOSED_RESPONSE_TTL, sa.last_response[0],
+                    sa.last_response[1], sa.remote_addr, sa.local_addr,
+                )  # fmt: skip
+                self._closed.move_to_end(key)
+                while len(self._closed) > CLOSED_RESPONSES:
+                    self._closed.popitem(last=False)
         key = sa.ctx.get("half_open_key")
         if key is not None:
             self._half_open.pop(key, None)

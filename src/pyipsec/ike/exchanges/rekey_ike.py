@@ -272,10 +272,17 @@ def _delete_old(old: IkeSa, now: float) -> None:
         old.queue(DeleteIkeTask(rekeyed=True), now)
 
 
+#: seconds a redundant successor the peer initiated may wait for the peer's own Delete
+REDUNDANT_WAIT = 10.0
+
+
 def drop_redundant(old: IkeSa, now: float) -> None:
-    """``old`` is going away: delete successors that lost a rekey collision and are still
-    here (their initiator may never have seen our answer, e.g. when ``old`` was deleted
-    while its request was in flight); a second Delete for the same SA is harmless."""
+    """``old`` is going away: successors that lost a rekey collision and are still here
+    go too. One we initiated is deleted now. One the peer initiated is the peer's to
+    delete (RFC 7296 2.8.2), and its Delete is usually on the way: deleting it ourselves
+    at the same moment would leave the peer's request unanswered (it retransmits to an
+    SA we forgot), so it only expires after :data:`REDUNDANT_WAIT` seconds, for a peer
+    that never saw our answer (e.g. ``old`` was deleted while its request was in flight)."""
     from pyipsec.ike.exchanges.informational import DeleteIkeTask
 
     keep = old.ctx.get("successor")
@@ -286,9 +293,12 @@ def drop_redundant(old: IkeSa, now: float) -> None:
             and not sa.children
             and not sa.ctx.get("delete_queued")
         ):
-            sa.ctx["delete_queued"] = True
             old.endpoint.stats["redundant_ike_sas_deleted"] += 1
-            sa.queue(DeleteIkeTask(rekeyed=True), now)
+            if sa.initiator:
+                sa.ctx["delete_queued"] = True
+                sa.queue(DeleteIkeTask(rekeyed=True), now)
+            else:
+                sa.expire_at = min(sa.expire_at or now + REDUNDANT_WAIT, now + REDUNDANT_WAIT)
 
 
 def _adopt(old: IkeSa, new: IkeSa, initiated: bool, nonce: bytes, now: float) -> None:
