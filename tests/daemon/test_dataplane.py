@@ -137,6 +137,7 @@ def _plane(tmp_path) -> tuple[LinuxDataplane, _FakeService]:
     plane._children = {}
     plane._waiting = {}
     plane._dynamic = {}
+    plane._compiled = None
     return plane, service
 
 

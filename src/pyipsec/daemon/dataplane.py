@@ -72,6 +72,25 @@ def _resolve(text: str, own: str | None) -> TsRange | None:
     return TsRange(address, address)
 
 
+def _protect_entry(name: str, child: str, local: TsRange, remote: TsRange,
+                   **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """A PROTECT entry (``spd:`` format) for one pair of traffic selectors of ``child``."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "local": _range_text(local),
+        "remote": _range_text(remote),
+        "action": "protect",
+        "child": child,
+        **extra,
+    }
+    protocol = local.ip_protocol or remote.ip_protocol
+    if protocol:
+        entry["protocol"] = protocol
+        entry["local_ports"] = _ports(local)
+        entry["remote_ports"] = _ports(remote)
+    return entry
+
+
 def compile_policies(config: DaemonConfig) -> list[PolicyConfig]:
     """The SPD of the data plane: the configuration's explicit entries (``spd:`` and the
     applied policy's BYPASS / DISCARD / PROTECT entries, with their priorities), then
@@ -84,7 +103,6 @@ def compile_policies(config: DaemonConfig) -> list[PolicyConfig]:
     policies: list[PolicyConfig] = list(config.spd)
     explicit = {p.entry.template.child for p in config.spd if p.entry.template is not None}
     for peer in config.endpoint.peers:
-        info = config.connections.get(peer.name)
         local_addr = peer.local_addr
         remote_addr = peer.remote_addrs[0] if peer.remote_addrs else None
         for child in peer.children:
@@ -100,23 +118,9 @@ def compile_policies(config: DaemonConfig) -> list[PolicyConfig]:
                         continue
                     if local.start_addr.version != remote.start_addr.version:
                         continue
-                    protocol = local.ip_protocol or remote.ip_protocol or None
-                    entry: dict[str, Any] = {
-                        "name": f"{name}#{index}",
-                        "local": _range_text(local),
-                        "remote": _range_text(remote),
-                        "action": "protect",
-                        "child": name,
-                        "priority": 100,
-                    }
-                    if protocol:
-                        entry["protocol"] = protocol
-                        entry["local_ports"] = _ports(local)
-                        entry["remote_ports"] = _ports(remote)
+                    entry = _protect_entry(f"{name}#{index}", name, local, remote, priority=100)
                     policies.append(parse_policy(entry, path=f"connections.{name}"))
                     index += 1
-        if info is None:
-            continue
     return policies
 
 
@@ -163,6 +167,7 @@ class LinuxDataplane:
         self._dynamic: dict[str, dict[str, list[dict[str, Any]]]] = {}
         #: rekey successors whose outbound SA waits: new inbound SPI -> (old outbound SPI, SA)
         self._waiting: dict[int, tuple[int, Any]] = {}
+        self._compiled: tuple[DaemonConfig, list[PolicyConfig]] | None = None
         self._failed: asyncio.Future[None] = loop.create_future()
 
     # ------------------------------------------------------------------ lifecycle
@@ -270,9 +275,18 @@ class LinuxDataplane:
         else:
             self.service.state.policies = policies
 
+    def _configured(self) -> list[PolicyConfig]:
+        """The configuration's SPD (:func:`compile_policies`), compiled once per
+        configuration: per-host entries come and go with SAs, the configuration does not."""
+        cached = self._compiled
+        if cached is None or cached[0] is not self.config:
+            cached = (self.config, compile_policies(self.config))
+            self._compiled = cached
+        return cached[1]
+
     def _policies(self) -> list[PolicyConfig]:
         """The configured SPD with the per-host entries in place (see the module doc)."""
-        base = compile_policies(self.config)
+        base = self._configured()
         pending = {g: [e for group in d.values() for e in group] for g, d in self._dynamic.items()}
         out: list[PolicyConfig] = []
         for policy in base:
@@ -291,7 +305,7 @@ class LinuxDataplane:
         unsecured fallback): BYPASS entries cut from the child's entries to that host."""
         version = ipaddress.ip_address(remote).version
         entries = []
-        for policy in compile_policies(self.config):
+        for policy in self._configured():
             entry = policy.entry
             if entry.template is None or entry.template.child != child:
                 continue
@@ -380,7 +394,7 @@ class LinuxDataplane:
         generic = name.partition("@")[0]
         if name in self._dynamic.get(generic, {}):
             return
-        base = compile_policies(self.config)
+        base = self._configured()
         own = [p.entry for p in base if p.entry.template and p.entry.template.child == generic]
         if "@" not in name and own:
             return  # the configuration's entries cover it
@@ -391,20 +405,9 @@ class LinuxDataplane:
         ):
             if local.start_addr.version != remote.start_addr.version:
                 continue
-            entry: dict[str, Any] = {
-                "name": f"{name}#n{index}",
-                "local": _range_text(local),
-                "remote": _range_text(remote),
-                "action": "protect",
-                "child": name,
-                "direction": direction,
-            }
-            protocol = local.ip_protocol or remote.ip_protocol
-            if protocol:
-                entry["protocol"] = protocol
-                entry["local_ports"] = _ports(local)
-                entry["remote_ports"] = _ports(remote)
-            entries.append(entry)
+            entries.append(
+                _protect_entry(f"{name}#n{index}", name, local, remote, direction=direction)
+            )
         if entries:
             self._dynamic.setdefault(generic, {})[name] = entries
             self._refresh()

@@ -27,7 +27,6 @@ This module is the I/O boundary: it reads the clock and passes ``now`` to the pi
 from __future__ import annotations
 
 import ctypes
-import errno
 import ipaddress
 import logging
 import os
@@ -170,18 +169,7 @@ class _EachSender:
         self.too_big: list[bytes] = []
 
     def send(self, packets: list[bytes], dst: str) -> int:
-        addr = (dst, 0)
-        errors = 0
-        sendto = self.sock.sendto
-        for p in packets:
-            try:
-                sendto(p, addr)
-            except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:
-                    self.too_big.append(p)
-                else:
-                    errors += 1
-        return errors
+        return sk.send_each(self.sock, packets, dst, self.too_big)
 
 
 def _die_with_parent() -> None:

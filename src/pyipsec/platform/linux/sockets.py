@@ -27,6 +27,7 @@ import errno
 import socket
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 SO_MARK = 36
 SOL_UDP = 17
@@ -407,19 +408,26 @@ class RawBatchSender:
         return errors
 
     def _send_each(self, packets: list[bytes], dst: str, start: int) -> int:
-        sendto = self.sock.sendto
-        addr = (dst, 0)
-        errors = 0
-        for p in packets[start:]:
-            self.calls += 1
-            try:
-                sendto(p, addr)
-            except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:
-                    self.too_big.append(p)
-                else:
-                    errors += 1
-        return errors
+        self.calls += len(packets) - start
+        return send_each(self.sock, packets[start:], dst, self.too_big)
+
+
+def send_each(sock: Any, packets: list[bytes], dst: str, too_big: list[bytes]) -> int:
+    """One ``sendto`` per whole IP packet to ``dst``; returns how many the kernel refused.
+    Packets refused as larger than the route's MTU (EMSGSIZE) go to ``too_big`` instead,
+    for the caller to fragment."""
+    sendto = sock.sendto
+    addr = (dst, 0)
+    errors = 0
+    for p in packets:
+        try:
+            sendto(p, addr)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                too_big.append(p)
+            else:
+                errors += 1
+    return errors
 
 
 def route_mtu(dst: str, mark: int) -> int:
