@@ -33,6 +33,7 @@ from pyipsec.daemon.dynamic import Fallbacks, is_dynamic, narrow_child, peer_for
 from pyipsec.daemon.housekeeping import Housekeeping, Pending
 from pyipsec.daemon.tables import ChildSaRow, Counters, Failure, IkeSaRow
 from pyipsec.errors import PyipsecError
+from pyipsec.ike.config import ChildConfig, PeerConfig
 from pyipsec.ike.endpoint import IkeEndpoint
 from pyipsec.ike.events import (
     AuthenticationFailed,
@@ -233,25 +234,7 @@ class Daemon(Commands, Housekeeping):
         child = (
             peer.child(child_name) if child_name else (peer.children[0] if peer.children else None)
         )
-        key = (peer.name, child.name if child else "", "")
-        now = self.clock()
-        pending = self._pending.get(key)
-        if pending is not None and now - pending.since < 30:
-            return
-        if child is not None and any(
-            row.name == child.name
-            and getattr(self.ike_sas.get(row.ike_sa), "name", None) == peer.name
-            for row in self.child_sas.values()
-        ):
-            return
-        established = preferred(
-            self.ike_sas, [h for h, row in self.ike_sas.items() if row.name == peer.name]
-        )
-        if established is not None and child is not None:
-            self.endpoint.create_child(established, child, now)
-        else:
-            self.endpoint.initiate(peer, child, now)
-        self._pending[key] = Pending(peer.name, key[1], now)
+        self._bring_up(peer, child, "", self.clock())
 
     def initiate_to(self, peer_name: str, child_name: str, local: str, remote: str) -> None:
         """Bring up ``child_name`` of a connection toward many hosts with the one host
@@ -269,21 +252,34 @@ class Daemon(Commands, Housekeeping):
         if seconds is not None:
             self.fallbacks.negotiating(peer_name, child_name, local, remote, seconds, now)
             self._arm_fallbacks(now)
-        key = (peer_name, child_name, remote)
+        self._bring_up(peer, child, remote, now)
+
+    def _bring_up(self, peer: PeerConfig, child: ChildConfig | None, remote: str,
+                  now: float) -> None:  # fmt: skip
+        """Unless ``child`` is up or coming (30 s): negotiate it inside the connection's
+        preferred IKE SA (with host ``remote`` for a connection toward many hosts, ""
+        otherwise), or start a new IKE SA with it."""
+        key = (peer.name, child.name if child else "", remote)
         pending = self._pending.get(key)
         if pending is not None and now - pending.since < 30:
             return
         ike = [
-            h for h, r in self.ike_sas.items() if r.name == peer_name and r.remote_addr == remote
+            h
+            for h, r in self.ike_sas.items()
+            if r.name == peer.name and (not remote or r.remote_addr == remote)
         ]
-        if any(c.name == child_name and c.ike_sa in ike for c in self.child_sas.values()):
+        if child is not None and any(
+            c.name == child.name and c.ike_sa in ike for c in self.child_sas.values()
+        ):
             return
-        if ike:
-            self.endpoint.create_child(preferred(self.ike_sas, ike) or ike[0], child, now)
+        established = preferred(self.ike_sas, ike)
+        if established is not None and child is not None:
+            self.endpoint.create_child(established, child, now)
+        elif remote:
+            self._attempts[self.endpoint.initiate(peer_for(peer, remote), child, now)] = remote
         else:
-            handle = self.endpoint.initiate(peer_for(peer, remote), child, now)
-            self._attempts[handle] = remote
-        self._pending[key] = Pending(peer_name, child_name, now, remote)
+            self.endpoint.initiate(peer, child, now)
+        self._pending[key] = Pending(peer.name, key[1], now, remote)
 
     # ------------------------------------------------------------------ the pump
 
